@@ -1,0 +1,261 @@
+"""Reading and writing images safely.
+
+Every image the engine reads goes through :func:`read_image` (clear errors for missing
+files, non-images, wrong dimension, zero spacing), and every file it writes goes through
+an atomic write (temporary file in the same folder, then rename), so a crash never leaves
+a half-written output and an input is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from primage.errors import PrimageInputError
+
+#: File name endings SimpleITK recognises, longest first so ".nii.gz" wins over ".gz".
+IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".tif", ".tiff")
+
+
+class GeometryWarning(UserWarning):
+    """A mask or image was resampled to match another grid."""
+
+
+def image_suffix(path: str | os.PathLike) -> str:
+    """Return the image file ending of ``path`` (e.g. ``.nii.gz``), or its last suffix."""
+    name = Path(path).name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return Path(path).suffix.lower()
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """Return the file name of ``path`` without its image ending (``t2w.nii.gz`` -> ``t2w``)."""
+    name = Path(path).name
+    return name[: len(name) - len(image_suffix(path))] if image_suffix(path) else name
+
+
+def read_image(path: str | os.PathLike, *, dimension: int = 3, role: str = "image") -> sitk.Image:
+    """Read a scalar image of the given dimension (3: a volume, 4: a series of volumes).
+
+    A 4D file with a single volume is accepted where 3D is expected. Raises
+    :class:`PrimageInputError` with one clear sentence for every user mistake.
+    ``role`` names the input in messages ("mask", "reference", ...).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise PrimageInputError(f"{role} file does not exist: {path}")
+    if path.is_dir():
+        raise PrimageInputError(f"{role} path is a folder, not an image file: {path}")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise PrimageInputError(
+            f"{role} file is not an image SimpleITK can read: {path}"
+            + (f" ({first_line[:160]})" if first_line else "")
+        ) from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise PrimageInputError(
+            f"{role} {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+            "a scalar image is expected"
+        )
+    image = _match_dimension(image, dimension, role, path)
+    check_spacing(image, role=f"{role} {path}")
+    return image
+
+
+def _match_dimension(image: sitk.Image, dimension: int, role: str, path: Path) -> sitk.Image:
+    found = image.GetDimension()
+    if found == dimension:
+        return image
+    if found == 4 and dimension == 3 and image.GetSize()[3] == 1:
+        return series_to_volumes(image)[0]
+    if dimension == 3 and found == 4:
+        raise PrimageInputError(
+            f"{role} {path} is a 4D series of {image.GetSize()[3]} volumes; a 3D volume is "
+            "expected (extract one volume first, or use a command that takes a series)"
+        )
+    if dimension == 4 and found == 3:
+        raise PrimageInputError(
+            f"{role} {path} is a single 3D volume; a 4D series (b-values or time points "
+            "along the 4th axis) is expected"
+        )
+    raise PrimageInputError(f"{role} {path} is {found}D; a {dimension}D image is expected")
+
+
+def check_spacing(image: sitk.Image, *, role: str = "image") -> None:
+    """Refuse zero, negative or non-finite voxel spacing (mm)."""
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise PrimageInputError(
+            f"{role} has invalid voxel spacing {tuple(spacing.tolist())} mm; every spacing must be > 0"
+        )
+
+
+def count_nonfinite(image: sitk.Image) -> int:
+    """Number of NaN or infinite voxels (0 for integer images)."""
+    array = sitk.GetArrayViewFromImage(image)
+    if not np.issubdtype(array.dtype, np.floating):
+        return 0
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
+
+
+def replace_nonfinite(image: sitk.Image, value: float = 0.0) -> sitk.Image:
+    """Copy of ``image`` with NaN/inf voxels set to ``value`` (geometry kept)."""
+    array = sitk.GetArrayFromImage(image)
+    if np.issubdtype(array.dtype, np.floating):
+        array = np.where(np.isfinite(array), array, value).astype(array.dtype, copy=False)
+    result = sitk.GetImageFromArray(array, isVector=False)
+    result.CopyInformation(image)
+    return result
+
+
+def series_to_volumes(series: sitk.Image) -> list[sitk.Image]:
+    """Split a 4D image into its 3D volumes, keeping the spatial geometry (3x3 part)."""
+    if series.GetDimension() != 4:
+        raise PrimageInputError(f"expected a 4D series, got a {series.GetDimension()}D image")
+    size = list(series.GetSize())
+    count = size[3]
+    size[3] = 0
+    volumes = []
+    for index in range(count):
+        volumes.append(
+            sitk.Extract(
+                series, size, [0, 0, 0, index], sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX
+            )
+        )
+    return volumes
+
+
+def volumes_to_series(volumes: Sequence[sitk.Image], *, time_spacing: float = 1.0) -> sitk.Image:
+    """Join 3D volumes of one grid into a 4D image (4th axis spacing ``time_spacing``)."""
+    if not volumes:
+        raise PrimageInputError("a series needs at least one volume")
+    first = volumes[0]
+    for index, volume in enumerate(volumes[1:], start=1):
+        if not same_geometry(first, volume):
+            raise PrimageInputError(
+                f"volume {index} of the series is on another grid than volume 0"
+            )
+    return sitk.JoinSeries(list(volumes), 0.0, float(time_spacing))
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image, *, tolerance: float = 1e-4) -> bool:
+    """True when two images share size, spacing, origin and direction (within ``tolerance``)."""
+    return (
+        a.GetDimension() == b.GetDimension()
+        and a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0, atol=tolerance)
+        and np.allclose(
+            a.GetOrigin(),
+            b.GetOrigin(),
+            rtol=0,
+            atol=tolerance * max(1.0, *map(abs, a.GetSpacing())),
+        )
+        and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=tolerance)
+    )
+
+
+def mask_on_image_grid(mask: sitk.Image, image: sitk.Image, *, role: str = "mask") -> sitk.Image:
+    """Return ``mask`` as a binary UInt8 image on the grid of ``image``.
+
+    A mask on another grid is resampled with nearest-neighbour interpolation and a
+    :class:`GeometryWarning` is issued. A mask that is empty (before or after
+    resampling) is refused: every step that takes a mask needs at least one voxel.
+    """
+    if mask.GetDimension() != image.GetDimension():
+        raise PrimageInputError(
+            f"{role} is {mask.GetDimension()}D but the image is {image.GetDimension()}D"
+        )
+    binary = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
+    if not np.any(sitk.GetArrayViewFromImage(binary)):
+        raise PrimageInputError(f"{role} is empty (no non-zero voxel)")
+    if not same_geometry(binary, image):
+        warnings.warn(
+            f"{role} is on another voxel grid than the image; resampled to the image grid "
+            "with nearest-neighbour interpolation",
+            GeometryWarning,
+            stacklevel=2,
+        )
+        binary = sitk.Resample(
+            binary, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+        )
+        if not np.any(sitk.GetArrayViewFromImage(binary)):
+            raise PrimageInputError(
+                f"{role} does not overlap the image: empty after resampling to the image grid"
+            )
+    return binary
+
+
+def check_outputs_not_inputs(
+    outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]
+) -> None:
+    """Refuse any output path that is also an input path (inputs are never overwritten)."""
+    input_paths = {Path(p).resolve() for p in inputs if p is not None}
+    for output in outputs:
+        if output is not None and Path(output).resolve() in input_paths:
+            raise PrimageInputError(f"output {output} is also an input; choose another output path")
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the image ending so SimpleITK picks the same writer for the temporary file.
+    return tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".part{image_suffix(path)}", dir=path.parent
+    )
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = True) -> Path:
+    """Write ``image`` atomically: to a temporary file in the same folder, then rename."""
+    path = Path(path)
+    handle, temporary = _atomic_target(path)
+    os.close(handle)
+    try:
+        sitk.WriteImage(image, temporary, useCompression=compress)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file atomically (temporary file, then rename)."""
+    path = Path(path)
+    handle, temporary = _atomic_target(path)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def write_json(data: object, path: str | os.PathLike) -> Path:
+    """Write ``data`` as indented JSON atomically."""
+    return write_text(
+        json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n", path
+    )
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
@@ -59,6 +60,12 @@ def read_image(path: str | os.PathLike, *, dimension: int = 3, role: str = "imag
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        if "spacing" in str(error).lower():
+            # ITK itself refuses zero spacing while reading; say so instead of "not an image".
+            raise PrimageInputError(
+                f"{role} {path} has an invalid voxel spacing in its header; every spacing "
+                f"must be > 0 ({first_line[:160]})"
+            ) from None
         raise PrimageInputError(
             f"{role} file is not an image SimpleITK can read: {path}"
             + (f" ({first_line[:160]})" if first_line else "")
@@ -214,13 +221,48 @@ def _atomic_target(path: Path) -> tuple[int, str]:
     )
 
 
+def _file_mode() -> int:
+    # mkstemp creates files readable by the owner only; give outputs the usual
+    # permissions (0o666 minus the process umask), as a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+#: Formats whose header names a separate data file (written next to it).
+DETACHED_HEADER_SUFFIXES = (".mhd", ".nhdr")
+
+
+def _write_detached(image: sitk.Image, path: Path, compress: bool) -> Path:
+    # The header stores the data file's name, so write both under their final names in
+    # a temporary folder beside the target, then move the data file(s) first and the
+    # header last: the header never points at a missing or temporary data file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        sitk.WriteImage(image, os.path.join(folder, path.name), useCompression=compress)
+        for name in sorted(os.listdir(folder), key=lambda n: n == path.name):
+            os.chmod(os.path.join(folder, name), _file_mode())
+            os.replace(os.path.join(folder, name), path.parent / name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return path
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = True) -> Path:
-    """Write ``image`` atomically: to a temporary file in the same folder, then rename."""
+    """Write ``image`` atomically: to a temporary file in the same folder, then rename.
+
+    Detached-header formats (``.mhd``, ``.nhdr``) are written in a temporary folder and
+    moved data file first, header last.
+    """
     path = Path(path)
+    if image_suffix(path) in DETACHED_HEADER_SUFFIXES:
+        return _write_detached(image, path, compress)
     handle, temporary = _atomic_target(path)
     os.close(handle)
     try:
         sitk.WriteImage(image, temporary, useCompression=compress)
+        os.chmod(temporary, _file_mode())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -236,6 +278,7 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+        os.chmod(temporary, _file_mode())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

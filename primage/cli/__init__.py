@@ -25,11 +25,19 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
+class PrimageArgumentParser(argparse.ArgumentParser):
+    """Argument parser whose usage errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"primage: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every area registered."""
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = PrimageArgumentParser(
         prog="primage",
         description="PRIMAGE quantitative imaging pipeline for paediatric solid tumours.",
     )

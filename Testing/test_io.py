@@ -1,0 +1,235 @@
+"""primage.io: reading with clear errors, atomic writing, masks, series."""
+
+import json
+import os
+import stat
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from _primage_images import image_from_array, oblique_direction, write_zero_spacing_mha
+
+from primage.errors import PrimageInputError
+from primage.io import (
+    GeometryWarning,
+    check_outputs_not_inputs,
+    count_nonfinite,
+    image_stem,
+    image_suffix,
+    mask_on_image_grid,
+    read_image,
+    replace_nonfinite,
+    same_geometry,
+    series_to_volumes,
+    volumes_to_series,
+    write_image,
+    write_json,
+)
+
+
+def _volume(seed=0, shape=(6, 7, 8)):
+    array = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    return image_from_array(array)
+
+
+def test_suffix_and_stem():
+    assert image_suffix("a/b/t2w.nii.gz") == ".nii.gz"
+    assert image_suffix("x.SEG.NRRD") == ".seg.nrrd"
+    assert image_stem("dir/t2w.nii.gz") == "t2w"
+    assert image_stem("mask.seg.nrrd") == "mask"
+
+
+def test_read_missing_file(tmp_path):
+    with pytest.raises(PrimageInputError, match="does not exist"):
+        read_image(tmp_path / "nothing.nii.gz")
+
+
+def test_read_folder(tmp_path):
+    with pytest.raises(PrimageInputError, match="folder"):
+        read_image(tmp_path)
+
+
+def test_read_text_file_named_like_an_image(tmp_path):
+    path = tmp_path / "x.nii.gz"
+    path.write_text("this is not an image\n")
+    with pytest.raises(PrimageInputError, match="not an image SimpleITK can read"):
+        read_image(path, role="input")
+
+
+def test_read_round_trip_keeps_geometry(tmp_path):
+    image = _volume()
+    path = write_image(image, tmp_path / "v.nrrd")
+    back = read_image(path)
+    assert same_geometry(back, image)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+
+
+def test_4d_where_3d_expected_is_refused(tmp_path):
+    series = volumes_to_series([_volume(0), _volume(1)])
+    path = write_image(series, tmp_path / "series.nii.gz")
+    with pytest.raises(PrimageInputError, match="4D series of 2 volumes"):
+        read_image(path, dimension=3)
+    assert read_image(path, dimension=4).GetSize()[3] == 2
+
+
+def test_single_volume_4d_is_accepted_as_3d(tmp_path):
+    series = volumes_to_series([_volume(0)])
+    path = write_image(series, tmp_path / "one.nii.gz")
+    volume = read_image(path, dimension=3)
+    assert volume.GetDimension() == 3
+    assert np.allclose(volume.GetDirection(), oblique_direction(), atol=1e-5)
+
+
+def test_3d_where_4d_expected_is_refused(tmp_path):
+    path = write_image(_volume(), tmp_path / "v.nii.gz")
+    with pytest.raises(PrimageInputError, match="single 3D volume"):
+        read_image(path, dimension=4)
+
+
+def test_zero_spacing_header_is_refused(tmp_path):
+    path = write_zero_spacing_mha(tmp_path / "zero.mha")
+    with pytest.raises(PrimageInputError, match="spacing"):
+        read_image(path)
+
+
+def test_check_spacing_on_an_image_in_memory():
+    from primage.io import check_spacing
+
+    image = _volume()
+    check_spacing(image)
+    # SimpleITK refuses to set zero spacing, so emulate a corrupt one via a mock object.
+    with pytest.raises(PrimageInputError, match="invalid voxel spacing"):
+        check_spacing(type("Fake", (), {"GetSpacing": lambda self: (1.0, float("nan"), 1.0)})())
+
+
+def test_vector_image_is_refused(tmp_path):
+    vector = sitk.Compose([_volume(0), _volume(1)])
+    path = write_image(vector, tmp_path / "vector.nrrd")
+    with pytest.raises(PrimageInputError, match="components per voxel"):
+        read_image(path)
+
+
+def test_count_and_replace_nonfinite():
+    array = np.ones((4, 5, 6), np.float32)
+    array[0, 0, 0] = np.nan
+    array[1, 2, 3] = np.inf
+    array[3, 4, 5] = -np.inf
+    image = image_from_array(array)
+    assert count_nonfinite(image) == 3
+    fixed = replace_nonfinite(image, 0.0)
+    assert count_nonfinite(fixed) == 0
+    assert same_geometry(fixed, image)
+    assert sitk.GetArrayViewFromImage(fixed)[1, 2, 3] == 0
+    assert count_nonfinite(sitk.Cast(fixed, sitk.sitkInt16)) == 0
+
+
+def test_series_round_trip_keeps_oblique_geometry():
+    volumes = [_volume(seed) for seed in range(3)]
+    series = volumes_to_series(volumes, time_spacing=6.0)
+    assert series.GetSize() == (8, 7, 6, 3)
+    assert series.GetSpacing()[3] == 6.0
+    back = series_to_volumes(series)
+    for original, restored in zip(volumes, back, strict=True):
+        assert same_geometry(original, restored)
+        np.testing.assert_array_equal(
+            sitk.GetArrayViewFromImage(original), sitk.GetArrayViewFromImage(restored)
+        )
+
+
+def test_volumes_on_different_grids_cannot_form_a_series():
+    other = _volume(1)
+    other.SetOrigin((0.0, 0.0, 0.0))
+    with pytest.raises(PrimageInputError, match="another grid"):
+        volumes_to_series([_volume(0), other])
+
+
+def test_mask_on_same_grid_is_binarised_without_warning():
+    labels = np.zeros((6, 7, 8), np.int16)
+    labels[2:4, 2:5, 3:6] = 7
+    image = _volume()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mask = mask_on_image_grid(image_from_array(labels), image)
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(mask), (labels != 0).astype(np.uint8))
+
+
+def test_mask_on_another_grid_is_resampled_with_a_warning():
+    image = _volume(shape=(10, 12, 14))
+    # A mask with 3x the spacing (odd factor: no nearest-neighbour ties), same origin and
+    # direction, with one coarse voxel set at index (x=2, y=1, z=1).
+    coarse = np.zeros((4, 4, 5), np.uint8)
+    coarse[1, 1, 2] = 1
+    mask = image_from_array(coarse, spacing=tuple(3 * s for s in image.GetSpacing()))
+    with pytest.warns(GeometryWarning, match="nearest-neighbour"):
+        resampled = mask_on_image_grid(mask, image)
+    assert same_geometry(resampled, image)
+    # Independent expectation: fine index i lies in coarse voxel rint(i / 3).
+    z, y, x = np.indices((10, 12, 14))
+    expected = (np.rint(x / 3) == 2) & (np.rint(y / 3) == 1) & (np.rint(z / 3) == 1)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(resampled), expected)
+
+
+def test_empty_mask_is_refused():
+    image = _volume()
+    empty = image_from_array(np.zeros((6, 7, 8), np.uint8))
+    with pytest.raises(PrimageInputError, match="empty"):
+        mask_on_image_grid(empty, image)
+
+
+def test_mask_outside_the_image_is_refused():
+    image = _volume()
+    far = image_from_array(np.ones((6, 7, 8), np.uint8), origin=(500.0, 500.0, 500.0))
+    with pytest.warns(GeometryWarning), pytest.raises(PrimageInputError, match="does not overlap"):
+        mask_on_image_grid(far, image)
+
+
+def test_outputs_may_not_be_inputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.nii.gz").write_bytes(b"x")
+    with pytest.raises(PrimageInputError, match="also an input"):
+        check_outputs_not_inputs(["./sub/../in.nii.gz"], [tmp_path / "in.nii.gz"])
+    check_outputs_not_inputs(["out.nii.gz", None], ["in.nii.gz", None])
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.nii.gz"
+    with pytest.raises(RuntimeError):  # PNG cannot hold complex voxels: the writer fails
+        write_image(sitk.Image([2, 2, 2], sitk.sitkComplexFloat64), tmp_path / "out.png")
+    assert list(tmp_path.iterdir()) == []
+    write_image(_volume(), target)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.nii.gz"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = write_image(_volume(), tmp_path / "v.nii.gz")
+        json_path = write_json({"a": 1}, tmp_path / "v.json")
+    finally:
+        os.umask(umask)
+    for written in (path, json_path):
+        assert stat.S_IMODE(written.stat().st_mode) == 0o644
+
+
+def test_write_json_handles_numpy_and_paths(tmp_path):
+    path = write_json(
+        {"n": np.int64(3), "x": np.float32(0.5), "a": np.arange(3), "p": Path("a/b")},
+        tmp_path / "d.json",
+    )
+    assert json.loads(path.read_text()) == {"n": 3, "x": 0.5, "a": [0, 1, 2], "p": "a/b"}
+
+
+@pytest.mark.parametrize("name", ["out.mhd", "out.nhdr"])
+def test_detached_header_formats_get_their_final_data_file_names(tmp_path, name):
+    image = _volume()
+    write_image(image, tmp_path / name)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 2 and not any(n.startswith(".") for n in names), names
+    back = read_image(tmp_path / name)
+    assert same_geometry(back, image)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+    write_image(image * 2.0, tmp_path / name)  # overwriting keeps the same two files
+    assert sorted(p.name for p in tmp_path.iterdir()) == names

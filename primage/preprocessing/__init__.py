@@ -1,0 +1,27 @@
+"""Preprocessing engine: denoising, N4 bias-field correction, intensity normalisation and
+resampling, as named steps run by :func:`run_steps`, with modality presets.
+
+>>> from primage.preprocessing import load_preset, run_steps
+>>> result = run_steps(image, load_preset("t2w")["steps"])  # doctest: +SKIP
+"""
+
+from primage.preprocessing.presets import list_presets, load_preset
+from primage.preprocessing.steps import (
+    STEPS,
+    PreprocessingResult,
+    describe_steps,
+    run_steps,
+    run_steps_series,
+    validate_steps,
+)
+
+__all__ = [
+    "STEPS",
+    "PreprocessingResult",
+    "describe_steps",
+    "list_presets",
+    "load_preset",
+    "run_steps",
+    "run_steps_series",
+    "validate_steps",
+]

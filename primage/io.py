@@ -289,9 +289,12 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
 
 def write_json(data: object, path: str | os.PathLike) -> Path:
     """Write ``data`` as indented JSON atomically."""
-    return write_text(
-        json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n", path
-    )
+    return write_text(json_text(data, indent=2) + "\n", path)
+
+
+def json_text(data: object, *, indent: int | None = None) -> str:
+    """JSON text of ``data``; numpy scalars and arrays, paths, tuples and sets included."""
+    return json.dumps(data, indent=indent, sort_keys=False, default=_json_default)
 
 
 def _json_default(value: object) -> object:
@@ -301,4 +304,6 @@ def _json_default(value: object) -> object:
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, set):
+        return sorted(value)
     raise TypeError(f"cannot write {type(value).__name__} as JSON")

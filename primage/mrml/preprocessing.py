@@ -8,13 +8,11 @@ with all their parameters, are stored as JSON in the output node's attribute
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from primage.errors import PrimageInputError
+from primage.io import json_text
 from primage.mrml.segmentations import mask_from_node
 from primage.mrml.volumes import (
     check_scalar_volume_node,
@@ -29,21 +27,9 @@ from primage.progress import ProgressCallback
 RECORDS_ATTRIBUTE = "PRIMAGE.preprocessing"
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    raise TypeError(f"cannot store {type(value).__name__} in the preprocessing record")
-
-
 def records_json(records: Sequence[Mapping]) -> str:
     """JSON text of the applied steps, as stored in :data:`RECORDS_ATTRIBUTE`."""
-    return json.dumps(list(records), default=_json_default)
+    return json_text(list(records))
 
 
 def preprocess_volume_node(

@@ -25,8 +25,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Benchmarks compare against peers (itk-elastix, nilearn's MNI template) kept out of the
+# core install: the `bench` extra brings them.
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/bench_preprocessing.py
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	@for script in benchmarks/bench_*.py; do \
+		echo "== $$script"; $(BIN)/python $$script || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -37,7 +37,10 @@ NON_GUI_FIELDS: dict[str, set[str]] = {}
 
 # Engine preset folders of modules whose parameter node has a `preset` field; every choice
 # except "custom" must be a preset file there.
-PRESET_DIRS = {"PrimagePreprocessing": REPO / "primage" / "presets" / "preprocessing"}
+PRESET_DIRS = {
+    "PrimagePreprocessing": REPO / "primage" / "presets" / "preprocessing",
+    "PrimageRegistration": REPO / "primage" / "presets" / "registration",
+}
 
 # Widget classes that can represent each kind of parameter (see the module docstring).
 CONNECTOR_WIDGETS = {
@@ -875,11 +878,13 @@ def test_ui_widgets_used_by_module_exist(module):
 
 def test_presets_exist(module):
     fields = _fields(module)
-    if "preset" not in fields:
-        pytest.skip(f"{module} has no preset field")
-    folder = PRESET_DIRS[module]
+    choices = set(fields["preset"].choices) - {"custom"} if "preset" in fields else set()
+    folder = PRESET_DIRS.get(module)
+    if folder is None:
+        # A module without a registered preset folder must not offer preset choices.
+        assert not choices, f"{module} offers presets but PRESET_DIRS names no folder for them"
+        return
     files = {p.stem for p in folder.glob("*.json")} | {p.stem for p in folder.glob("*.yaml")}
-    choices = set(fields["preset"].choices) - {"custom"}
     assert choices == files, f"preset choices of {module} differ from {folder.relative_to(REPO)}"
 
 

@@ -18,7 +18,7 @@ from primage import __version__
 from primage.errors import PrimageInputError
 
 #: Modules under primage.cli that each add one area of commands, in --help order.
-AREAS = ("preprocess", "demo")
+AREAS = ("dicom", "preprocess", "register", "kinetics", "radiomics", "demo")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

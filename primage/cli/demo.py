@@ -4,13 +4,15 @@ Writes into ``--output-dir``: ``case/`` (the digital patient in the cohort case 
 with its ground truth), ``preprocessed/`` (each modality through its preset, with JSON
 sidecars and the N4 bias fields), ``report.md`` (figures measured against the ground
 truth), ``summary.json`` (the same figures, machine-readable) and ``montage.png`` (central
-axial T2w slice: raw | N4-corrected | preset output | true bias | estimated bias). Only
+axial T2w slice: raw | N4-corrected | preset output | true bias | estimated bias), and one
+sub-folder per capability section (:data:`DEMO_SECTIONS`: registration, kinetics, ...). Only
 these demo files are (over)written; anything else in the folder is left alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import platform
 import sys
 import time
@@ -24,6 +26,13 @@ from primage import __version__
 from primage.errors import PrimageInputError
 from primage.io import write_image, write_json, write_text
 from primage.progress import ConsoleProgress, ProgressCallback, no_progress, sub_progress
+
+#: Capability sections of the demo after preprocessing: (output sub-folder, module whose
+#: ``run_demo(case_folder, output_folder, progress)`` returns Markdown report lines).
+DEMO_SECTIONS = (
+    ("registration", "primage.registration.demo"),
+    ("kinetics", "primage.kinetics.demo"),
+)
 
 
 def register(subparsers) -> None:
@@ -151,7 +160,9 @@ def run_demo(
     from primage.preprocessing import load_preset, run_steps, run_steps_series
     from primage.synthetic import CASE_FILES, TISSUES, make_digital_patient, spgr_signal, write_case
 
-    progress = progress or no_progress
+    overall = progress or no_progress
+    # Preprocessing takes the first half of the bar, the capability sections the rest.
+    progress = sub_progress(overall, 0.0, 0.5)
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise PrimageInputError(f"--output-dir {output_dir} exists and is not a folder")
@@ -329,6 +340,14 @@ def run_demo(
         }
     )
 
+    sections = []
+    for index, (folder, module_name) in enumerate(DEMO_SECTIONS):
+        span = 0.45 / len(DEMO_SECTIONS)
+        section_progress = sub_progress(overall, 0.5 + index * span, 0.5 + (index + 1) * span)
+        module = importlib.import_module(module_name)
+        sections.append(module.run_demo(case_dir, output_dir / folder, progress=section_progress))
+
+    progress = overall
     progress(0.95, "writing the report and montage")
     montage_path = _montage(patient, results["t2w"], true_bias, body, output_dir / "montage.png")
     summary["seconds_total"] = round(time.perf_counter() - start, 2)
@@ -339,7 +358,7 @@ def run_demo(
         "case_files": sorted(CASE_FILES.values()),
     }
     write_json(summary, output_dir / "summary.json")
-    write_text(_report(summary, patient), output_dir / "report.md")
+    write_text(_report(summary, patient, sections), output_dir / "report.md")
     progress(1.0, "demo done")
     return summary
 
@@ -363,7 +382,7 @@ def _montage(patient, t2w_result, true_bias: np.ndarray, body: np.ndarray, path:
     return write_montage(panels, path)
 
 
-def _report(summary: dict, patient) -> str:
+def _report(summary: dict, patient, sections: list[list[str]]) -> str:
     m = summary["modalities"]
     t2, t1, dwi, dce, ct = (m[k] for k in ("t2w", "t1w", "dwi", "dce", "ct"))
     grid = patient.ground_truth["grid"]
@@ -454,4 +473,6 @@ def _report(summary: dict, patient) -> str:
         "![montage](montage.png)",
         "",
     ]
+    for section in sections:
+        lines += [*section, ""]
     return "\n".join(lines)

@@ -8,5 +8,6 @@ Submodules: :mod:`~primage.mrml.geometry` (the one place for RAS/LPS conversions
 :mod:`~primage.mrml.volumes`, :mod:`~primage.mrml.sequences`,
 :mod:`~primage.mrml.segmentations`, :mod:`~primage.mrml.transforms`,
 :mod:`~primage.mrml.tables`, :mod:`~primage.mrml.plots`,
-:mod:`~primage.mrml.preprocessing` and :mod:`~primage.mrml.selftest`.
+:mod:`~primage.mrml.preprocessing`, :mod:`~primage.mrml.radiomics` and
+:mod:`~primage.mrml.selftest`.
 """

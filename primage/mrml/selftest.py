@@ -137,3 +137,488 @@ def preprocessing_scenario(scene) -> object:
     _check(bool(reports) and reports[-1] == 1.0, f"progress did not reach 1: {reports[-3:]}")
     _check(bool(np.all(np.diff(reports) >= 0)), "progress went backwards")
     return output_node
+
+
+# --- radiomics ----------------------------------------------------------------------------
+
+
+def radiomics_scene(scene) -> tuple[list, object]:
+    """Two volumes and a segmentation for the radiomics scenarios.
+
+    Volumes: "PRIMAGE selftest T2w" (:func:`synthetic_t2w`) and "PRIMAGE selftest CT"
+    (Int16 "Hounsfield units": 40 outside, 60 in the tumour, 20 in its core, plus noise),
+    on the same oblique grid. Segmentation (reference: the T2w): "tumour" (the tumour shell),
+    "core" (its centre, 2 voxels in from the edge in-plane) and "empty" (no voxel).
+    """
+    image, mask = synthetic_t2w()
+    tumour = sitk.GetArrayFromImage(mask).astype(bool)
+    core = sitk.GetArrayFromImage(sitk.BinaryErode(mask, [2, 2, 0])).astype(bool)
+    labels = np.where(core, 2, np.where(tumour, 1, 0)).astype(np.uint8)
+    label_image = sitk.GetImageFromArray(labels)
+    label_image.CopyInformation(mask)
+    rng = np.random.default_rng(11)
+    hounsfield = np.where(core, 20.0, np.where(tumour, 60.0, 40.0)) + rng.normal(
+        0, 8.0, labels.shape
+    )
+    ct = sitk.GetImageFromArray(np.round(hounsfield).astype(np.int16))
+    ct.CopyInformation(image)
+    t2w_node = volume_node_from_sitk(image, scene, name="PRIMAGE selftest T2w")
+    ct_node = volume_node_from_sitk(ct, scene, name="PRIMAGE selftest CT")
+    segmentation = segmentation_from_label_image(
+        label_image,
+        scene,
+        {1: "tumour", 2: "core", 3: "empty"},
+        {1: (0.9, 0.2, 0.2), 2: (0.9, 0.8, 0.2)},
+        reference_volume_node=t2w_node,
+        name="PRIMAGE selftest segmentation",
+    )
+    return [t2w_node, ct_node], segmentation
+
+
+def _table_rows(table_node) -> list[dict]:
+    from primage.mrml.tables import rows_from_table_node
+
+    return rows_from_table_node(table_node)
+
+
+def radiomics_scenario(scene) -> object:
+    """Extract features of 2 volumes x 3 segments in ``scene`` and check the tables.
+
+    Checks: one row per (volume, segment) with ``image`` and ``segment`` first; the 107
+    features of the ``primage`` preset; the empty segment's rows carry an error and the
+    others none; (T2w, tumour) equals pyradiomics run directly on the same voxels; the CT
+    volume got the CT settings (no normalisation, 25 HU bins) and its tumour mean matches
+    the voxels' mean; the diagnostics table has one row per pair; progress reached 1.
+    Returns the feature table node.
+    """
+    import radiomics
+    from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+    from primage.mrml.radiomics import extract_features_from_nodes
+    from primage.mrml.segmentations import label_images_from_segmentation
+    from primage.mrml.volumes import sitk_from_volume_node
+    from primage.radiomics.params import load_params
+
+    volumes, segmentation = radiomics_scene(scene)
+    reports: list[float] = []
+    table, diagnostics = extract_features_from_nodes(
+        volumes,
+        segmentation,
+        preset="primage",
+        progress=lambda fraction, message: reports.append(float(fraction)),
+    )
+    _check(table.GetScene() is scene, "the feature table is not in the scene")
+    rows = _table_rows(table)
+    _check(len(rows) == 6, f"expected 6 rows (2 volumes x 3 segments), got {len(rows)}")
+    columns = list(rows[0])
+    _check(columns[:2] == ["image", "segment"], f"first columns are {columns[:2]}")
+    features = [c for c in columns if c.startswith("original_")]
+    _check(len(features) == 107, f"the primage preset gave {len(features)} features, not 107")
+    pairs = [(row["image"], row["segment"]) for row in rows]
+    expected = [(v.GetName(), s) for v in volumes for s in ("tumour", "core", "empty")]
+    _check(pairs == expected, f"rows {pairs} are not {expected}")
+    for row in rows:
+        if row["segment"] == "empty":
+            _check("empty" in row["error"], f"the empty segment has no clear error: {row}")
+        else:
+            _check(row["error"] == "", f"row {row['image']} x {row['segment']}: {row['error']}")
+            _check(
+                all(np.isfinite(row[f]) for f in features if "Maximum2D" not in f),
+                "a feature is NaN",
+            )
+
+    # The same voxels through pyradiomics itself give the same numbers.
+    t2w = sitk_from_volume_node(volumes[0])
+    tumour_mask = label_images_from_segmentation(segmentation, reference=volumes[0])["tumour"][0]
+    radiomics.setVerbosity(60)
+    direct = RadiomicsFeatureExtractor(load_params("primage").params).execute(
+        t2w, tumour_mask, label=1
+    )
+    for name in features:
+        _check(
+            rows[0][name] == float(direct[name])
+            or (np.isnan(rows[0][name]) and np.isnan(direct[name])),
+            f"{name}: table {rows[0][name]} != pyradiomics {float(direct[name])}",
+        )
+
+    # CT settings: no normalisation, so the tumour mean stays in HU (z-scores x 100 would
+    # be about 130 here); B-spline resampling of the thin shell to 1 mm mixes in a little
+    # of the core (20 HU) and the surroundings (40 HU), hence the 5 HU tolerance.
+    ct = sitk.GetArrayFromImage(sitk_from_volume_node(volumes[1])).astype(float)
+    ct_mask = label_images_from_segmentation(segmentation, reference=volumes[1])["tumour"][0]
+    voxels_mean = float(ct[sitk.GetArrayFromImage(ct_mask).astype(bool)].mean())
+    ct_mean = rows[3]["original_firstorder_Mean"]
+    _check(abs(ct_mean - voxels_mean) < 5.0, f"CT tumour mean {ct_mean} HU vs voxels {voxels_mean}")
+    side = _table_rows(diagnostics)
+    _check(len(side) == 6, f"the diagnostics table has {len(side)} rows")
+    modalities = [row["diagnostics_primage_modality"] for row in side]
+    _check(modalities == ["", "", "", "ct", "ct", "ct"], f"modalities {modalities}")
+    _check(
+        all(row["diagnostics_primage_settings_hash"] for row in side), "a settings hash is missing"
+    )
+    _check(bool(reports) and reports[-1] == 1.0, f"progress did not reach 1: {reports[-3:]}")
+    return table
+
+
+def radiomics_job_scenario(scene) -> object:
+    """The extraction in a separate process (as the module runs it) and a cancelled job.
+
+    Checks: the job reports progress and ends without error; its table equals the
+    in-process table value for value; a cancelled job stops at once and leaves no files.
+    Returns the job's feature table node.
+    """
+    from primage.mrml.radiomics import extract_features_from_nodes, start_extraction_job
+
+    volumes, segmentation = radiomics_scene(scene)
+    job = start_extraction_job(
+        volumes, segmentation, ["tumour", "core"], preset="primage", workers=2
+    )
+    fractions: list[float] = []
+    status = job.wait(300, progress=lambda fraction, message: fractions.append(fraction))
+    _check(not status.error and status.returncode == 0, f"the job failed: {status.error}")
+    _check(fractions[-1] == 1.0, f"the job's progress did not reach 1: {fractions[-3:]}")
+    table, _diagnostics = job.finish()
+    _check(not job.folder.exists(), "the job's temporary folder was not removed")
+    reference, _ = extract_features_from_nodes(
+        volumes, segmentation, ["tumour", "core"], preset="primage", diagnostics="none"
+    )
+    rows, expected = _table_rows(table), _table_rows(reference)
+    _check(len(rows) == len(expected) == 4, f"job rows {len(rows)}, in-process {len(expected)}")
+    for row, wanted in zip(rows, expected, strict=True):
+        for name, value in wanted.items():
+            same = row[name] == value or (
+                isinstance(value, float) and np.isnan(value) and np.isnan(row[name])
+            )
+            _check(same, f"{row['image']} x {row['segment']} {name}: {row[name]} != {value}")
+
+    cancelled = start_extraction_job(volumes, segmentation, preset="full", workers=1)
+    cancelled.cancel()
+    _check(cancelled.process.poll() is not None, "the cancelled job is still running")
+    _check(not cancelled.folder.exists(), "the cancelled job left its files")
+    return table
+
+
+# --- kinetics ----------------------------------------------------------------------------
+
+#: Planted truth of the kinetics scenario: ADC (mm^2/s) of the two halves of the tumour,
+#: and the relative-enhancement curve A (1 - exp(-(t - t0)/tau)) of the DCE series.
+KINETICS_TRUTH = {
+    "adc_low": 0.8e-3,
+    "adc_high": 1.8e-3,
+    "b_values": (0.0, 50.0, 100.0, 200.0, 400.0, 600.0, 800.0, 1000.0),
+    "t0_s": 30.0,
+    "amplitude": 0.8,
+    "tau_s": 20.0,
+    "frame_interval_s": 3.0,
+    "frames": 61,
+}
+
+
+def kinetics_inputs(scene, size=(12, 12, 4), seed: int = 11):
+    """A DWI sequence (b-values as index), a DCE sequence (times) and a tumour segmentation.
+
+    The tumour (the central 8 x 8 x 4 voxels) has ADC 0.8e-3 in its left and 1.8e-3 mm^2/s
+    in its right half (S0 1000, Rician noise SD 10); the DCE relative enhancement is the
+    same analytic curve in every voxel (baseline 1000, noise-free). Deterministic.
+    """
+    from primage.mrml.sequences import VolumeSeries, sequence_node_from_series
+
+    truth = KINETICS_TRUTH
+    rng = np.random.default_rng(seed)
+    shape = tuple(reversed(size))
+    tumour = np.zeros(shape, np.uint8)
+    tumour[:, 2:10, 2:10] = 1
+    adc = np.where(
+        np.arange(size[0])[None, None, :] < size[0] // 2, truth["adc_low"], truth["adc_high"]
+    ) * np.ones(shape)
+    reference, _ = synthetic_t2w(size=size)
+    dwi_volumes = []
+    for b in truth["b_values"]:
+        clean = 1000.0 * np.exp(-b * adc)
+        noisy = np.hypot(clean + rng.normal(0, 10.0, shape), rng.normal(0, 10.0, shape))
+        volume = sitk.GetImageFromArray(noisy.astype(np.float32))
+        volume.CopyInformation(reference)
+        dwi_volumes.append(volume)
+    times = np.arange(truth["frames"]) * truth["frame_interval_s"]
+    dce_volumes = []
+    for t in times:
+        u = max(t - truth["t0_s"], 0.0)
+        value = 1000.0 * (1.0 + truth["amplitude"] * (1.0 - np.exp(-u / truth["tau_s"])))
+        volume = sitk.GetImageFromArray(np.full(shape, value, np.float32))
+        volume.CopyInformation(reference)
+        dce_volumes.append(volume)
+    dwi = sequence_node_from_series(
+        VolumeSeries(dwi_volumes, truth["b_values"], "b", "s/mm2"), scene, "selftest DWI"
+    )
+    dce = sequence_node_from_series(
+        VolumeSeries(dce_volumes, times, "time", "s"), scene, "selftest DCE"
+    )
+    mask = sitk.GetImageFromArray(tumour)
+    mask.CopyInformation(reference)
+    segmentation = segmentation_from_label_image(mask, scene, {1: "tumour"}, name="selftest tumour")
+    return dwi, dce, segmentation
+
+
+def analytic_iauc60() -> float:
+    """Exact integral of A (1 - exp(-u / tau)) over u in [0, 60] s (the scenario's curve)."""
+    truth = KINETICS_TRUTH
+    a, tau = truth["amplitude"], truth["tau_s"]
+    return float(a * (60.0 - tau * (1.0 - np.exp(-60.0 / tau))))
+
+
+def kinetics_scenario(scene) -> dict:
+    """ADC, Fit-Cluster-Fit and DCE maps on sequence nodes in ``scene``, checked against truth.
+
+    Checks: map volumes on the series grid with a colour table; ROI ADC of each half within
+    2 % of the truth; a table and a plot chart; two habitat segments matching the planted
+    halves (Dice >= 0.9) with robust values within 2 %; iAUC60 within 1 % of the analytic
+    integral (the trapezoidal rule on 3 s frames is the only error); a cancelled run adds
+    no node. Returns the created nodes by analysis.
+    """
+    from primage.mrml.kinetics import (
+        KineticsCancelled,
+        adc_from_nodes,
+        dce_from_nodes,
+        fcf_from_nodes,
+    )
+    from primage.mrml.segmentations import mask_from_node
+
+    truth = KINETICS_TRUTH
+    dwi, dce, segmentation = kinetics_inputs(scene)
+    adc = adc_from_nodes(dwi, mask_node=segmentation)
+    _check(set(adc.volumes) == {"adc", "adc_se", "s0", "r2"}, f"ADC volumes: {list(adc.volumes)}")
+    adc_node = adc.volumes["adc"]
+    _check(adc_node.GetScene() is scene, "the ADC volume is not in the scene")
+    display = adc_node.GetDisplayNode()
+    _check(display is None or bool(display.GetColorNodeID()), "the ADC map has no colour table")
+    values = slicer.util.arrayFromVolume(adc_node)
+    _check(values.shape == (4, 12, 12), f"ADC map shape {values.shape}")
+    left, right = values[:, 2:10, 2:6], values[:, 2:10, 6:10]
+    for region, expected in ((left, truth["adc_low"]), (right, truth["adc_high"])):
+        median = float(np.median(region))
+        _check(abs(median / expected - 1) < 0.02, f"ADC {median:.4e}, expected {expected:.4e}")
+    _check(float(np.abs(values[:, 0, :]).max()) == 0.0, "voxels outside the mask are not 0")
+    _check(adc.table is not None and adc.table.GetNumberOfRows() >= 2, "no ROI table")
+    _check(adc.chart is not None and adc.chart.GetNumberOfPlotSeriesNodes() == 2, "no ADC chart")
+
+    fcf = fcf_from_nodes(dwi, "adc", mask_node=segmentation)
+    segments = fcf.segmentation.GetSegmentation()
+    _check(segments.GetNumberOfSegments() == 2, "FCF: two habitat segments expected")
+    habitats = fcf.summary["habitats"]
+    for habitat, expected in zip(habitats, (truth["adc_low"], truth["adc_high"]), strict=True):
+        _check(abs(habitat["value"] / expected - 1) < 0.02, f"FCF habitat {habitat}")
+    labels = np.zeros((4, 12, 12), int)
+    for index in range(2):
+        segment_id = segments.GetNthSegmentID(index)
+        mask = mask_from_node(fcf.segmentation, fcf.volumes["confidence"], segment_id)
+        labels[sitk.GetArrayFromImage(mask) > 0] = index + 1
+    planted = np.zeros_like(labels)
+    planted[:, 2:10, 2:6], planted[:, 2:10, 6:10] = 1, 2
+    for label in (1, 2):
+        dice = (
+            2
+            * np.sum((labels == label) & (planted == label))
+            / (np.sum(labels == label) + np.sum(planted == label))
+        )
+        _check(dice >= 0.9, f"FCF habitat {label}: Dice {dice:.3f} < 0.9")
+
+    dce_nodes = dce_from_nodes(dce, mask_node=segmentation)
+    iauc = slicer.util.arrayFromVolume(dce_nodes.volumes["iauc60"])[:, 2:10, 2:10]
+    exact = analytic_iauc60()
+    _check(
+        abs(float(np.median(iauc)) / exact - 1) < 0.01,
+        f"iAUC60 {float(np.median(iauc)):.3f} s, analytic {exact:.3f} s",
+    )
+
+    count = scene.GetNumberOfNodes()
+
+    def cancel(fraction: float, message: str) -> None:
+        if fraction > 0:
+            raise KineticsCancelled("cancelled by the scenario")
+
+    try:
+        adc_from_nodes(dwi, mask_node=segmentation, progress=cancel)
+    except KineticsCancelled:
+        pass
+    else:
+        raise AssertionError("cancelling did not stop the fit")
+    _check(scene.GetNumberOfNodes() == count, "a cancelled run added nodes to the scene")
+    return {"adc": adc, "fcf": fcf, "dce": dce_nodes}
+
+
+# --- registration -------------------------------------------------------------------------
+
+from primage.registration.truth import (  # noqa: E402 - shared with the engine tests
+    grid_image,
+    render_phantom,
+    synthetic_registration_pair,
+)
+
+
+def registration_pair_nodes(scene):
+    """The synthetic pair as nodes: fixed and moving volumes, a fixed tumour segmentation
+    and a moving tumour labelmap. Returns ``(fixed, moving, fixed_mask, moving_mask)``."""
+    fixed, moving, fixed_mask, moving_mask, _truth = synthetic_registration_pair()
+    fixed_node = volume_node_from_sitk(fixed, scene, name="PRIMAGE selftest fixed")
+    moving_node = volume_node_from_sitk(moving, scene, name="PRIMAGE selftest moving")
+    fixed_mask_node = segmentation_from_label_image(
+        fixed_mask, scene, {1: "tumour"}, {1: (0.9, 0.2, 0.2)}, reference_volume_node=fixed_node
+    )
+    moving_mask_node = volume_node_from_sitk(
+        moving_mask, scene, name="PRIMAGE selftest moving tumour", labelmap=True
+    )
+    return fixed_node, moving_node, fixed_mask_node, moving_mask_node
+
+
+def registration_scenario(scene) -> object:
+    """Register the synthetic pair in ``scene`` and prove the transform node's direction.
+
+    Checks: the result transform node moves the moving volume (placed under it, not
+    hardened) onto the fixed one: the node's "to parent" sends each moving point of the
+    known transform back to its fixed point within 1 mm (the opposite convention misses
+    by more than 3 mm), and the moving tumour labelmap under the node, read in world
+    coordinates, overlaps the fixed tumour (Dice > 0.85); the QC is stored on the node and
+    mutual information improved; a rerun with masks refills the same node; the resampled
+    volume lies on the fixed grid. Returns the transform node.
+    """
+    from primage.mrml.geometry import lps_to_ras_points, ras_to_lps_points
+    from primage.mrml.registration import QC_ATTRIBUTE, register_volume_nodes
+    from primage.mrml.volumes import sitk_from_volume_node
+
+    fixed, _moving, fixed_mask, _moving_mask, truth = synthetic_registration_pair()
+    fixed_node, moving_node, fixed_mask_node, moving_mask_node = registration_pair_nodes(scene)
+    moving_before = np.array(slicer.util.arrayFromVolume(moving_node), copy=True)
+    reports: list[float] = []
+
+    result = register_volume_nodes(
+        fixed_node,
+        moving_node,
+        preset="mr-mr",
+        stages="rigid",
+        resample=True,
+        progress=lambda fraction, message: reports.append(float(fraction)),
+    )
+    node = result.transform_node
+    _check(node is not None and node.GetScene() is scene, "no transform node in the scene")
+    _check(
+        moving_node.GetTransformNodeID() == node.GetID(),
+        "the moving volume is not under the result transform",
+    )
+    _check(node.GetTransformNodeID() is None, "the result transform has a parent it should not")
+    _check(
+        np.array_equal(slicer.util.arrayFromVolume(moving_node), moving_before),
+        "the moving voxels changed (the transform must not be hardened)",
+    )
+
+    # Direction: to parent (moving -> fixed, RAS) undoes the known fixed -> moving transform.
+    index = np.argwhere(sitk.GetArrayFromImage(fixed_mask) > 0)[::7][:, ::-1]
+    fixed_points = np.array(
+        [fixed.TransformIndexToPhysicalPoint([int(v) for v in i]) for i in index]
+    )
+    moving_points = np.array([truth.TransformPoint(p.tolist()) for p in fixed_points])
+    to_parent = node.GetTransformToParent()
+    back = ras_to_lps_points(
+        np.array([to_parent.TransformPoint(*p) for p in lps_to_ras_points(moving_points)])
+    )
+    error = np.linalg.norm(back - fixed_points, axis=1)
+    _check(error.max() < 1.0, f"to-parent misses the fixed points by up to {error.max():.2f} mm")
+    from_parent = node.GetTransformFromParent()
+    wrong = ras_to_lps_points(
+        np.array([from_parent.TransformPoint(*p) for p in lps_to_ras_points(moving_points)])
+    )
+    _check(
+        np.linalg.norm(wrong - fixed_points, axis=1).mean() > 3.0,
+        "the check cannot tell the two transform directions apart",
+    )
+
+    # Applying the node to the moving tumour labelmap puts it on the fixed tumour.
+    moving_mask_node.SetAndObserveTransformNodeID(node.GetID())
+    placed = sitk_from_volume_node(moving_mask_node, world=True)
+    on_fixed = sitk.Resample(placed, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    a = sitk.GetArrayFromImage(on_fixed) > 0
+    b = sitk.GetArrayFromImage(fixed_mask) > 0
+    dice = 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+    _check(dice > 0.85, f"the moving tumour under the transform node has Dice {dice:.3f}")
+    moving_mask_node.SetAndObserveTransformNodeID(None)
+
+    qc = json.loads(node.GetAttribute(QC_ATTRIBUTE) or "{}")
+    _check(qc.get("verdict") in ("ok", "review"), f"no QC verdict on the node: {qc}")
+    _check(
+        qc["metric_after"]["mutual_information"] > qc["metric_before"]["mutual_information"],
+        "mutual information did not improve",
+    )
+    volume = result.volume_node
+    _check(volume is not None, "no resampled volume")
+    _check(
+        np.allclose(_ijk_to_ras(volume), _ijk_to_ras(fixed_node), atol=1e-6),
+        "the resampled volume is not on the fixed grid",
+    )
+    _check(bool(reports) and reports[-1] == 1.0, "progress did not reach 1")
+
+    # Rerun with masks (the PRIMAGE route) into the same transform node.
+    again = register_volume_nodes(
+        fixed_node,
+        moving_node,
+        preset="mr-mr",
+        stages="rigid",
+        fixed_mask_node=fixed_mask_node,
+        moving_mask_node=moving_mask_node,
+        output_transform_node=node,
+    )
+    _check(again.transform_node is node, "the rerun did not refill the same transform node")
+    _check(again.qc.get("dice_after", 0.0) > 0.85, f"Dice after the rerun: {again.qc}")
+    return node
+
+
+def motion_scenario(scene) -> object:
+    """Motion-correct a 5-frame sequence with two frames moved by known rigid motions.
+
+    Checks: a new sequence with the same index values, a table with one row per frame,
+    the recovered translations of the moved frames within 0.5 mm of the truth, small
+    framewise displacement where nothing moved, and a plot chart. Returns the sequence.
+    """
+    from primage.mrml.registration import correct_sequence_motion
+    from primage.mrml.sequences import (
+        VolumeSeries,
+        sequence_node_from_series,
+        series_from_sequence_node,
+    )
+    from primage.registration.truth import known_affine
+
+    grid = grid_image((40, 36, 16), (2.0, 2.0, 4.0), (10.0, -5.0, 20.0), 10.0)
+    still, _mask = render_phantom(grid, (0.0, 300.0, 650.0, 150.0), seed=21)
+    centre = np.array(
+        still.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in still.GetSize()])
+    )
+    motions = {
+        2: known_affine(centre, (2.0, 0.0, -3.0), (2.5, -1.5, 1.0)),
+        3: known_affine(centre, (0.0, 2.0, 2.0), (-2.0, 2.0, -1.5)),
+    }
+    frames = []
+    for index in range(5):
+        frame = still * (1.0 + 0.15 * index)  # contrast uptake changes intensities
+        if index in motions:
+            # frame(M(x)) = still(x): sample through the inverse motion.
+            frame = sitk.Resample(frame, frame, motions[index].GetInverse(), sitk.sitkLinear, 0.0)
+        frames.append(sitk.Cast(frame, sitk.sitkFloat32))
+    times = [0.0, 10.0, 20.0, 30.0, 40.0]
+    sequence = sequence_node_from_series(
+        VolumeSeries(frames, times, "time", "s"), scene, name="PRIMAGE selftest DCE"
+    )
+    result = correct_sequence_motion(sequence, reference="first", transform="rigid")
+    corrected = series_from_sequence_node(result.sequence_node)
+    _check(len(corrected.volumes) == 5, "the corrected sequence does not have 5 frames")
+    _check(np.allclose(corrected.values, times), f"index values changed: {corrected.values}")
+    rows = result.result.table
+    _check(result.table_node.GetTable().GetNumberOfRows() == 5, "the motion table needs 5 rows")
+    for index, motion in motions.items():
+        expected = np.array(motion.TransformPoint(centre.tolist())) - centre
+        found = np.array([rows[index][k] for k in ("tx_mm", "ty_mm", "tz_mm")])
+        _check(
+            np.linalg.norm(found - expected) < 0.5,
+            f"frame {index}: translation {found.round(2)} mm, expected {expected.round(2)}",
+        )
+    _check(rows[1]["framewise_displacement_mm"] < 0.5, "motion found where there was none")
+    _check(rows[2]["framewise_displacement_mm"] > 2.0, "the moved frame shows no displacement")
+    _check(result.chart_node.GetNumberOfPlotSeriesNodes() == 7, "the motion chart needs 7 curves")
+    return result.sequence_node

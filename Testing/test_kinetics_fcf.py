@@ -1,0 +1,135 @@
+"""Fit-Cluster-Fit: planted habitats, confidence, robust estimate vs voxel-wise mean."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy.stats import norm
+
+from primage.errors import PrimageInputError
+from primage.kinetics.aif import population_aif
+from primage.kinetics.fcf import fcf_adc, fcf_iauc60, fcf_maps, habitat_confidence, kmeans_1d
+from primage.kinetics.tofts import ExponentialConvolution
+from primage.synthetic import spgr_signal
+
+B_VALUES = np.array([0.0, 50.0, 100.0, 200.0, 400.0, 600.0, 800.0, 1000.0])
+TIMES = np.arange(0.0, 240.1, 4.0)
+
+
+def dice(a, b):
+    return 2 * np.sum(a & b) / (np.sum(a) + np.sum(b))
+
+
+def planted_dwi(sigma, n=2000, seed=0, noise="rician"):
+    rng = np.random.default_rng(seed)
+    truth = np.where(np.arange(n) < n // 2, 0.8e-3, 1.8e-3)
+    clean = 500.0 * np.exp(-np.outer(truth, B_VALUES))
+    if noise == "rician":
+        return np.hypot(
+            clean + rng.normal(0, sigma, clean.shape), rng.normal(0, sigma, clean.shape)
+        ), truth
+    return clean + rng.normal(0, sigma, clean.shape), truth
+
+
+def planted_dce(sigma, n=2000, seed=0):
+    """Two habitats (Ktrans 0.05 / 0.4 1/min) as SPGR signal (baseline ~430), Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    ktrans = np.where(np.arange(n) < n // 2, 0.05, 0.4)
+    ve = np.where(np.arange(n) < n // 2, 0.2, 0.3)
+    convolution = ExponentialConvolution(TIMES, population_aif(20.0))
+    concentration = (ktrans * convolution.evaluate(ktrans / ve)).T
+    clean = spgr_signal(20000.0, 1 / 1.3 + 4.5 * concentration, 0.004, 15.0)
+    return clean + rng.normal(0, sigma, clean.shape), clean, ktrans
+
+
+def test_kmeans_1d_is_deterministic_and_ordered():
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [rng.normal(5, 0.5, 300), rng.normal(1, 0.5, 200), rng.normal(9, 0.5, 100)]
+    )
+    labels, centres, thresholds = kmeans_1d(values, 3)
+    np.testing.assert_allclose(centres, [1, 5, 9], atol=0.1)
+    assert np.all(np.diff(centres) > 0) and thresholds.size == 2
+    assert np.bincount(labels)[1:].tolist() == [200, 300, 100]
+    again, _, _ = kmeans_1d(values[::-1], 3)
+    np.testing.assert_array_equal(again, labels[::-1])
+    with pytest.raises(PrimageInputError, match="cannot form 3 habitats from 2 distinct"):
+        kmeans_1d(np.array([1.0, 1.0, 2.0]), 3)
+
+
+def test_confidence_is_the_normal_probability_of_the_interval():
+    values = np.array([0.0, 0.9, 1.5, 3.0])
+    se = np.array([0.5, 0.5, 0.5, 0.0])
+    labels = np.array([1, 1, 2, 2])
+    confidence = habitat_confidence(values, se, labels, np.array([1.0]))
+    expected = [norm.cdf(2.0), norm.cdf(0.2), 1 - norm.cdf(-1.0), 1.0]
+    np.testing.assert_allclose(confidence, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("sigma", [10.0, 40.0])
+def test_fcf_adc_recovers_two_planted_habitats(sigma):
+    signal, truth = planted_dwi(sigma)
+    result = fcf_adc(signal, B_VALUES)
+    assert dice(result.labels == 1, truth == 0.8e-3) >= 0.9
+    assert dice(result.labels == 2, truth == 1.8e-3) >= 0.9
+    low, high = result.habitats
+    assert low.value == pytest.approx(0.8e-3, rel=0.03) and high.value == pytest.approx(
+        1.8e-3, rel=0.03
+    )
+    assert low.se > 0 and low.voxels_kept <= low.voxels_total
+    assert result.record()["habitats"][0]["parameter"] == "ADC"
+    # Deterministic for a given input.
+    again = fcf_adc(signal, B_VALUES)
+    np.testing.assert_array_equal(again.labels, result.labels)
+
+
+def test_fcf_adc_robust_estimate_at_high_gaussian_noise():
+    """SNR 12 at b = 0 (Gaussian noise): the refit of each habitat's averaged signal is
+    within 2 % of the truth. It is not reliably closer than the mean of the voxel-wise fits
+    for ADC: the non-linear fit is nearly unbiased here, and selecting voxels by their noisy
+    value biases both estimates alike (reported in the README). For iAUC60 it is closer
+    (next test)."""
+    signal, _ = planted_dwi(40.0, n=4000, seed=1, noise="gaussian")
+    result = fcf_adc(signal, B_VALUES)
+    for habitat, truth in zip(result.habitats, (0.8e-3, 1.8e-3), strict=True):
+        assert habitat.value == pytest.approx(truth, rel=0.02)
+        assert habitat.voxel_mean == pytest.approx(truth, rel=0.02)
+
+
+@pytest.mark.parametrize("sigma", [20.0, 40.0, 80.0])
+def test_fcf_iauc60_habitats_and_robust_estimate(sigma):
+    signal, clean, ktrans = planted_dce(sigma)
+    reference = fcf_iauc60(clean, TIMES)
+    truth = [h.value for h in reference.habitats]  # noise-free iAUC60 of each habitat
+    result = fcf_iauc60(signal, TIMES)
+    assert dice(result.labels == 1, ktrans == 0.05) >= 0.9
+    assert dice(result.labels == 2, ktrans == 0.4) >= 0.9
+    for habitat, value in zip(result.habitats, truth, strict=True):
+        assert abs(habitat.value - value) <= abs(habitat.voxel_mean - value)
+        assert habitat.value == pytest.approx(value, rel=0.03)
+        assert habitat.unit.startswith("s")
+
+
+def test_fcf_excludes_uncertain_voxels():
+    signal, truth = planted_dwi(80.0, seed=3)
+    strict = fcf_adc(signal, B_VALUES, confidence=0.95)
+    loose = fcf_adc(signal, B_VALUES, confidence=0.5)
+    assert np.count_nonzero(strict.labels) < np.count_nonzero(loose.labels)
+    assert np.all(strict.confidence[strict.labels > 0] >= 0.95)
+    assert np.all(strict.labels[strict.confidence < 0.95] == 0)
+
+
+def test_fcf_maps_on_an_image():
+    signal, truth = planted_dwi(10.0, n=400)
+    frames = signal.T.reshape(B_VALUES.size, 4, 10, 10)
+    volumes = [sitk.GetImageFromArray(f.astype(np.float32)) for f in frames]
+    image = sitk.JoinSeries(volumes)
+    mask_array = np.ones((4, 10, 10), np.uint8)
+    mask_array[0] = 0
+    mask = sitk.GetImageFromArray(mask_array)
+    result = fcf_maps(image, B_VALUES, mask, parameter="adc")
+    habitats = sitk.GetArrayFromImage(result.habitats)
+    assert habitats.dtype == np.uint8 and habitats[0].max() == 0
+    expected = np.where(truth.reshape(4, 10, 10) < 1e-3, 1, 2)[1:]
+    assert np.mean(habitats[1:] == expected) > 0.95
+    with pytest.raises(PrimageInputError, match="between 2 and 10"):
+        fcf_maps(image, B_VALUES, mask, parameter="adc", clusters=1)

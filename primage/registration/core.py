@@ -1,0 +1,731 @@
+"""Register one 3D image to another: rigid -> affine -> B-spline, multi-resolution.
+
+Convention (as everywhere in PRIMAGE): the resulting transform maps points of the FIXED
+image to the MOVING image (LPS, mm), so ``sitk.Resample(moving, fixed, transform)`` puts
+the moving image on the fixed grid. It is a ``CompositeTransform`` whose parts are, from
+outermost to innermost: the user's initial transform (if any), the initialisation
+translation (only when the first stage is a B-spline), then one transform per stage
+(``Euler3DTransform``, ``AffineTransform``, ``BSplineTransform``). Each stage optimises
+its own transform with the stages before it held fixed, as elastix and ANTs do.
+
+Method choices (why):
+
+* The metric gradient is taken with central differences at each sample instead of
+  SimpleITK's default pre-smoothed gradient images: on anisotropic MR (4 mm slices) the
+  smoothed gradient biased mutual-information registrations by about 1 mm.
+* Samples are counted, not a percentage (``samples`` per level, inside the fixed mask when
+  one is given), so a large CT costs the same as a small MR and a small mask still gets
+  enough samples. Random samples use a fixed seed: the same inputs give the same result.
+* Masks restrict the metric (the PRIMAGE re-registration route); they are dilated by
+  ``mask_dilation_mm`` first so the edges that carry the alignment are inside.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from primage.errors import PrimageInputError
+from primage.io import count_nonfinite, mask_on_image_grid, same_geometry
+from primage.progress import ProgressCallback, no_progress
+from primage.registration.stages import validate_settings
+
+
+class RegistrationFailed(RuntimeError):
+    """The optimisation failed on valid input (e.g. the images drifted apart)."""
+
+
+@dataclass
+class RegistrationResult:
+    """Outcome of :func:`register_images`.
+
+    ``transform`` maps fixed to moving points (LPS, mm). ``stages`` holds one record per
+    stage (parameters as applied, iterations and metric value per level, optimiser stop
+    condition, seconds); ``initialisation`` the start (method, centre and translation in
+    mm); ``settings`` every setting as applied.
+    """
+
+    transform: sitk.CompositeTransform
+    settings: dict[str, Any]
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    initialisation: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    identical_inputs: bool = False
+
+    @property
+    def stage_transforms(self) -> list[sitk.Transform]:
+        """The optimised transform of each stage, in stage order."""
+        count = len(self.stages)
+        parts = flatten_transform(self.transform)
+        return parts[len(parts) - count :] if count else []
+
+
+def flatten_transform(transform: sitk.Transform) -> list[sitk.Transform]:
+    """Parts of a (nested) composite, outermost first; other transforms as a one-item list."""
+    transform = transform.Downcast() if hasattr(transform, "Downcast") else transform
+    if isinstance(transform, sitk.CompositeTransform):
+        parts: list[sitk.Transform] = []
+        for index in range(transform.GetNumberOfTransforms()):
+            parts.extend(flatten_transform(transform.GetNthTransform(index)))
+        return parts
+    return [transform]
+
+
+def compose(parts: Sequence[sitk.Transform]) -> sitk.CompositeTransform:
+    """One flat ``CompositeTransform`` applying ``parts[0](parts[1](...(x)))``."""
+    flat = [part for item in parts for part in flatten_transform(item)]
+    composite = sitk.CompositeTransform(3)
+    for part in flat:
+        composite.AddTransform(part)
+    return composite
+
+
+def check_volume(image: sitk.Image, role: str) -> sitk.Image:
+    """A 3D scalar image without NaN/inf as Float32 (refuses anything else, clearly)."""
+    if not isinstance(image, sitk.Image):
+        raise PrimageInputError(f"{role} is not an image")
+    if image.GetDimension() != 3:
+        what = "a 4D series" if image.GetDimension() == 4 else f"{image.GetDimension()}D"
+        raise PrimageInputError(
+            f"{role} is {what}; registration needs a 3D volume (extract one volume of a "
+            "series, or use 'primage register motion' for a series)"
+        )
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise PrimageInputError(
+            f"{role} has several components per voxel; a scalar image is needed"
+        )
+    if min(image.GetSize()) < 4:
+        raise PrimageInputError(
+            f"{role} has size {image.GetSize()}; registration needs at least 4 voxels along "
+            "every axis"
+        )
+    bad = count_nonfinite(image)
+    if bad:
+        raise PrimageInputError(
+            f"{role} has {bad} NaN or infinite voxels; replace them first (e.g. '--nonfinite zero')"
+        )
+    return sitk.Cast(image, sitk.sitkFloat32)
+
+
+def dilate_mask(mask: sitk.Image, radius_mm: float) -> sitk.Image:
+    """Binary mask grown by ``radius_mm`` in physical distance (exact for any spacing)."""
+    if radius_mm <= 0:
+        return mask
+    distance = sitk.SignedMaurerDistanceMap(
+        mask, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+    )
+    return sitk.Cast(distance <= radius_mm, sitk.sitkUInt8)
+
+
+def image_centre(image: sitk.Image) -> np.ndarray:
+    """Physical centre (mm, LPS) of an image grid."""
+    return np.array(
+        image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in image.GetSize()])
+    )
+
+
+def _non_negative(image: sitk.Image) -> sitk.Image:
+    # Centres of mass need non-negative weights: CT air (-1000 HU) becomes 0.
+    low = float(np.min(sitk.GetArrayViewFromImage(image)))
+    return image - low if low < 0 else image
+
+
+def initialise(fixed: sitk.Image, moving: sitk.Image, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (mm, fixed space) and start translation (mm) for ``none``, ``geometry``, ``moments``."""
+    if method == "none":
+        return image_centre(fixed), np.zeros(3)
+    mode = {
+        "geometry": sitk.CenteredTransformInitializerFilter.GEOMETRY,
+        "moments": sitk.CenteredTransformInitializerFilter.MOMENTS,
+    }[method]
+    try:
+        start = sitk.CenteredTransformInitializer(
+            _non_negative(fixed), _non_negative(moving), sitk.Euler3DTransform(), mode
+        )
+    except RuntimeError:
+        raise PrimageInputError(
+            f"'{method}' initialisation failed (an image with no signal?); use another "
+            "initialisation or an initial transform"
+        ) from None
+    start = sitk.Euler3DTransform(start)
+    return np.array(start.GetCenter()), np.array(start.GetTranslation())
+
+
+def overlap_fraction(
+    fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, mask: sitk.Image | None
+) -> float:
+    """Fraction of (masked) fixed voxels that ``transform`` maps inside the moving grid,
+    estimated on a sub-grid of at most ~32^3 voxels."""
+    factor = max(1, int(math.ceil(max(fixed.GetSize()) / 32)))
+    coarse = sitk.Shrink(sitk.Cast(fixed, sitk.sitkUInt8) * 0, [factor] * 3)
+    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(moving)
+    # Keep the resampled image referenced: a view of a temporary is freed memory.
+    mapped = sitk.Resample(ones, coarse, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    inside = sitk.GetArrayFromImage(mapped)
+    if mask is not None:
+        region = sitk.Resample(mask, coarse, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        selected = sitk.GetArrayFromImage(region) > 0
+        if not np.any(selected):
+            return 1.0  # a mask thinner than the sub-grid: leave the check to the metric
+        return float(np.count_nonzero(inside[selected]) / np.count_nonzero(selected))
+    return float(np.count_nonzero(inside) / inside.size)
+
+
+def _mesh_size(fixed: sitk.Image, spacing_mm: float) -> list[int]:
+    extent = np.array(fixed.GetSize()) * np.array(fixed.GetSpacing())
+    return [max(1, int(round(e / spacing_mm))) for e in extent]
+
+
+def _identity_stage(kind: str, centre: np.ndarray, fixed: sitk.Image, stage: dict):
+    if kind == "rigid":
+        tx = sitk.Euler3DTransform()
+        tx.SetCenter(centre.tolist())
+        return tx
+    if kind == "affine":
+        tx = sitk.AffineTransform(3)
+        tx.SetCenter(centre.tolist())
+        return tx
+    mesh = _mesh_size(fixed, stage["control_point_spacing_mm"])
+    return sitk.BSplineTransformInitializer(fixed, mesh, 3)
+
+
+class Pyramid:
+    """Smoothed and shrunk copies of an image, computed once per (shrink, sigma).
+
+    Every stage, level and sampling round at the same resolution shares them (SimpleITK
+    would rebuild its pyramid at each run). Smoothing: recursive Gaussian of ``sigma``
+    voxels per axis; shrinking: every ``shrink``-th voxel, as ITK's registration does.
+    """
+
+    def __init__(self, image: sitk.Image) -> None:
+        self.image = image
+        self._levels: dict[tuple[int, float], sitk.Image] = {}
+
+    def level(self, shrink: int, sigma_voxels: float) -> sitk.Image:
+        key = (int(shrink), float(sigma_voxels))
+        if key not in self._levels:
+            image = self.image
+            if sigma_voxels > 0:
+                sigma = [sigma_voxels * s for s in image.GetSpacing()]
+                image = sitk.SmoothingRecursiveGaussian(image, sigma)
+            if shrink > 1:
+                factors = [max(1, min(shrink, n // 2)) for n in image.GetSize()]
+                image = sitk.Shrink(image, factors)
+            self._levels[key] = image
+        return self._levels[key]
+
+
+def register_images(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    settings: Mapping[str, Any],
+    *,
+    fixed_mask: sitk.Image | None = None,
+    moving_mask: sitk.Image | None = None,
+    initial_transform: sitk.Transform | None = None,
+    progress: ProgressCallback | None = None,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with the stages of ``settings`` (see
+    :func:`primage.registration.stages.validate_settings`; a loaded preset works as is).
+
+    Masks (any grid; put on their image's grid with nearest neighbour, empty masks
+    refused) restrict the metric. ``initial_transform`` (fixed -> moving) is the start
+    and stays the outermost part of the result; it replaces the automatic
+    initialisation. A moving image identical to the fixed one (same grid and voxels)
+    gives the identity without optimising. ``progress(fraction, message)`` may raise to
+    cancel; the exception is re-raised once the optimiser has stopped.
+    """
+    settings = validate_settings(settings)
+    report = progress or no_progress
+    start_time = time.perf_counter()
+    fixed = check_volume(fixed, "fixed image")
+    moving = check_volume(moving, "moving image")
+    if fixed_mask is not None:
+        fixed_mask = mask_on_image_grid(fixed_mask, fixed, role="fixed mask")
+    if moving_mask is not None:
+        moving_mask = mask_on_image_grid(moving_mask, moving, role="moving mask")
+    if initial_transform is not None and initial_transform.GetDimension() != 3:
+        raise PrimageInputError(
+            f"the initial transform is {initial_transform.GetDimension()}D; a 3D transform is needed"
+        )
+    method_name = (
+        "initial transform" if initial_transform is not None else settings["initialisation"]
+    )
+    stages = settings["stages"]
+
+    identical = (
+        initial_transform is None
+        and same_geometry(fixed, moving, tolerance=1e-6)
+        and np.array_equal(sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(moving))
+    )
+    if identical or initial_transform is not None:
+        centre, translation = image_centre(fixed), np.zeros(3)
+    else:
+        centre, translation = initialise(fixed, moving, settings["initialisation"])
+    initialisation = {
+        "method": "identical inputs" if identical else method_name,
+        "centre_mm": centre.round(4).tolist(),
+        "translation_mm": translation.round(4).tolist(),
+    }
+
+    outer: list[sitk.Transform] = [] if initial_transform is None else [initial_transform]
+    start = sitk.Euler3DTransform()
+    start.SetCenter(centre.tolist())
+    start.SetTranslation(translation.tolist())
+    if np.any(translation != 0) and stages[0]["stage"] == "bspline":
+        outer.append(start)  # a B-spline cannot hold the start: keep it as its own part
+    first = (
+        compose([*outer, start]) if stages[0]["stage"] != "bspline" else compose(outer or [start])
+    )
+    if not identical and overlap_fraction(fixed, moving, first, fixed_mask) == 0.0:
+        raise PrimageInputError(
+            "the fixed and moving images do not overlap in physical space"
+            + (
+                " after the initial transform; check that it maps fixed to moving points"
+                if initial_transform is not None
+                else f" (initialisation '{settings['initialisation']}'); use initialisation "
+                "'geometry' or 'moments', or give an initial transform"
+            )
+        )
+
+    sample_fixed_mask = (
+        dilate_mask(fixed_mask, settings["mask_dilation_mm"]) if fixed_mask is not None else None
+    )
+    sample_moving_mask = (
+        dilate_mask(moving_mask, settings["mask_dilation_mm"]) if moving_mask is not None else None
+    )
+    sample_domain = float(
+        np.count_nonzero(sitk.GetArrayViewFromImage(sample_fixed_mask))
+        if sample_fixed_mask is not None
+        else np.prod(fixed.GetSize())
+    )
+
+    pyramids = (Pyramid(fixed), Pyramid(moving))
+    parts: list[sitk.Transform] = []
+    records: list[dict[str, Any]] = []
+    for index, stage in enumerate(stages):
+        stage_start = time.perf_counter()
+        transform = _identity_stage(stage["stage"], centre, fixed, stage)
+        if index == 0 and stage["stage"] != "bspline":
+            transform.SetTranslation(translation.tolist())
+        record: dict[str, Any] = {**stage, "levels": []}
+        if identical:
+            record.update(skipped="moving image equals fixed image: identity", seconds=0.0)
+            parts.append(transform)
+            records.append(record)
+            continue
+        moving_initial = compose([*outer, *parts]) if (outer or parts) else None
+        transform = _run_stage(
+            pyramids,
+            stage,
+            transform,
+            moving_initial,
+            sample_fixed_mask,
+            sample_moving_mask,
+            sample_domain,
+            settings["seed"],
+            record,
+            lambda fraction, message, i=index: report(
+                (i + fraction) / len(stages), f"{stages[i]['stage']}: {message}"
+            ),
+        )
+        record["seconds"] = round(time.perf_counter() - stage_start, 3)
+        parts.append(transform)
+        records.append(record)
+    report(1.0, "registration done")
+    return RegistrationResult(
+        transform=compose([*outer, *parts]),
+        settings=settings,
+        stages=records,
+        initialisation=initialisation,
+        seconds=round(time.perf_counter() - start_time, 3),
+        identical_inputs=identical,
+    )
+
+
+def _run_stage(
+    pyramids: tuple[Pyramid, Pyramid],
+    stage: dict,
+    transform: sitk.Transform,
+    moving_initial: sitk.Transform | None,
+    fixed_mask: sitk.Image | None,
+    moving_mask: sitk.Image | None,
+    sample_domain: float,
+    seed: int,
+    record: dict,
+    report: ProgressCallback,
+) -> sitk.Transform:
+    fixed = pyramids[0].image
+    levels = len(stage["shrink_factors"])
+
+    def images(level: int) -> tuple[sitk.Image, sitk.Image]:
+        shrink = stage["shrink_factors"][level]
+        sigma = stage["smoothing_sigmas_voxels"][level]
+        return pyramids[0].level(shrink, sigma), pyramids[1].level(shrink, sigma)
+
+    if stage["stage"] == "bspline":
+        # One run per level on a fixed control-point grid (L-BFGS-B cannot follow a grid
+        # refined between levels).
+        transform = sitk.BSplineTransformInitializer(
+            fixed, _mesh_size(fixed, stage["control_point_spacing_mm"]), 3
+        )
+        for level in range(levels):
+            method = _method(stage, level, sample_domain, seed + 1009 * level, 1.0)
+            method.SetInitialTransform(transform, inPlace=True)
+            _execute(
+                method,
+                *images(level),
+                stage,
+                moving_initial,
+                fixed_mask,
+                moving_mask,
+                record,
+                report,
+                level,
+                levels,
+                level=level,
+            )
+        return transform
+    # Linear stages: each level runs in "rounds", each on a fresh random sample set with a
+    # smaller first step (learning_rate x round_decay^round). Fresh samples average out the
+    # sampling noise of the metric, as elastix's new samples every iteration do, at a
+    # fraction of the cost of sampling every voxel.
+    total_rounds = sum(stage["rounds"])
+    done = 0
+    for level in range(levels):
+        step = stage["learning_rate"]
+        for round_index in range(stage["rounds"][level]):
+            round_seed = seed + 1009 * level + 7919 * round_index
+            last_round = round_index == stage["rounds"][level] - 1
+            method = _method(stage, level, sample_domain, round_seed, step, last_round)
+            method.SetInitialTransform(transform, inPlace=True)
+            _execute(
+                method,
+                *images(level),
+                stage,
+                moving_initial,
+                fixed_mask,
+                moving_mask,
+                record,
+                report,
+                done,
+                total_rounds,
+                level=level,
+                round_index=round_index,
+            )
+            done += 1
+            step *= stage["round_decay"]
+    return transform
+
+
+def _method(
+    stage: dict,
+    level: int,
+    sample_domain: float,
+    seed: int,
+    step: float,
+    last_round: bool = True,
+) -> sitk.ImageRegistrationMethod:
+    """A registration method for one resolution level of ``stage``, run on that level's
+    images from :class:`Pyramid` (so SimpleITK itself neither smooths nor shrinks)."""
+    method = sitk.ImageRegistrationMethod()
+    metric = stage["metric"]
+    if metric == "mattes":
+        method.SetMetricAsMattesMutualInformation(stage["histogram_bins"])
+    elif metric == "correlation":
+        method.SetMetricAsCorrelation()
+    else:
+        method.SetMetricAsMeanSquares()
+    method.MetricUseFixedImageGradientFilterOff()
+    method.MetricUseMovingImageGradientFilterOff()
+    factor = stage["shrink_factors"][level]
+    if stage["sampling"] == "none":
+        method.SetMetricSamplingStrategy(method.NONE)
+    else:
+        strategy = method.RANDOM if stage["sampling"] == "random" else method.REGULAR
+        method.SetMetricSamplingStrategy(strategy)
+        percentage = min(1.0, stage["samples"][level] / max(sample_domain / factor**3, 1.0))
+        method.SetMetricSamplingPercentagePerLevel([percentage], seed)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetShrinkFactorsPerLevel([1])
+    method.SetSmoothingSigmasPerLevel([0.0])
+    iterations = stage["iterations"][level]
+    if stage["stage"] == "bspline":
+        method.SetOptimizerAsLBFGSB(
+            gradientConvergenceTolerance=1e-5,
+            numberOfIterations=iterations,
+            maximumNumberOfCorrections=5,
+            maximumNumberOfFunctionEvaluations=4 * iterations,
+            costFunctionConvergenceFactor=1e7,
+        )
+    else:
+        # An intermediate round ends when its step has shrunk 20-fold; the last one
+        # goes down to minimum_step (or its iterations).
+        method.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=step,
+            minStep=stage["minimum_step"]
+            if last_round
+            else max(stage["minimum_step"], 0.05 * step),
+            numberOfIterations=iterations,
+            relaxationFactor=stage["relaxation"],
+            gradientMagnitudeTolerance=1e-8,
+        )
+        method.SetOptimizerScalesFromPhysicalShift()
+    return method
+
+
+def _execute(
+    method: sitk.ImageRegistrationMethod,
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    stage: dict,
+    moving_initial: sitk.Transform | None,
+    fixed_mask: sitk.Image | None,
+    moving_mask: sitk.Image | None,
+    record: dict,
+    report: ProgressCallback,
+    done: int,
+    total: int,
+    *,
+    level: int,
+    round_index: int = 0,
+) -> None:
+    """Run one ``Execute`` with progress, cancel and per-level records."""
+    if moving_initial is not None:
+        method.SetMovingInitialTransform(moving_initial)
+    if fixed_mask is not None:
+        method.SetMetricFixedMask(fixed_mask)
+    if moving_mask is not None:
+        method.SetMetricMovingMask(moving_mask)
+    failure: list[BaseException] = []
+    levels = len(stage["shrink_factors"])
+
+    def entry() -> dict:
+        number = level
+        while len(record["levels"]) <= number:
+            index = len(record["levels"])
+            record["levels"].append(
+                {
+                    "level": index,
+                    "shrink_factor": stage["shrink_factors"][index],
+                    "iterations": 0,
+                    "rounds": 0,
+                }
+            )
+        return record["levels"][number]
+
+    def on_start() -> None:
+        if failure:
+            method.StopRegistration()
+            return
+        entry()["rounds"] += 1
+
+    def on_iteration() -> None:
+        if failure:
+            method.StopRegistration()
+            return
+        item = entry()
+        item["iterations"] += 1
+        item["metric"] = round(float(method.GetMetricValue()), 6)
+        iterations = stage["iterations"][level]
+        within = min(method.GetOptimizerIteration() + 1, iterations) / iterations
+        fraction = (done + within) / total
+        try:
+            report(
+                fraction,
+                f"level {level + 1}/{levels}"
+                + (
+                    f", round {round_index + 1}"
+                    if stage.get("rounds", [1] * levels)[level] > 1
+                    else ""
+                )
+                + f", metric {method.GetMetricValue():.4f}",
+            )
+        except BaseException as error:  # noqa: BLE001 - a cancel request, re-raised below
+            failure.append(error)
+            method.StopRegistration()
+
+    method.AddCommand(sitk.sitkMultiResolutionIterationEvent, on_start)
+    method.AddCommand(sitk.sitkIterationEvent, on_iteration)
+    try:
+        method.Execute(fixed, moving)
+    except RuntimeError as error:
+        text = str(error)
+        if "overlap" in text.lower() or "outside" in text.lower():
+            raise RegistrationFailed(
+                f"{stage['stage']} stage failed: the images stopped overlapping during the "
+                "optimisation (try an initialisation, an initial transform or masks)"
+            ) from None
+        last = text.strip().splitlines()[-1] if text.strip() else repr(error)
+        raise RegistrationFailed(f"{stage['stage']} stage failed: {last[:300]}") from None
+    if failure:
+        raise failure[0]
+    record["stop_condition"] = method.GetOptimizerStopConditionDescription()
+    record["final_metric"] = round(float(method.GetMetricValue()), 6)
+
+
+def resample_to_fixed(
+    moving: sitk.Image,
+    fixed: sitk.Image,
+    transform: sitk.Transform,
+    *,
+    interpolation: str = "bspline",
+    default_value: float | None = None,
+) -> sitk.Image:
+    """The moving image on the fixed grid through ``transform`` (fixed -> moving).
+
+    ``interpolation``: ``bspline`` (cubic, images; Float32 out), ``linear`` (Float32) or
+    ``nearest`` (label maps; pixel type kept). Outside the moving image the value is
+    ``default_value``, by default the moving image's minimum (air in CT, 0 in MR) for
+    images and 0 for label maps.
+    """
+    interpolators = {
+        "bspline": sitk.sitkBSpline,
+        "linear": sitk.sitkLinear,
+        "nearest": sitk.sitkNearestNeighbor,
+    }
+    if interpolation not in interpolators:
+        raise PrimageInputError(f"interpolation must be one of {', '.join(interpolators)}")
+    if interpolation == "nearest":
+        value = 0.0 if default_value is None else float(default_value)
+        return sitk.Resample(
+            moving, fixed, transform, sitk.sitkNearestNeighbor, value, moving.GetPixelID()
+        )
+    if default_value is None:
+        default_value = float(np.min(sitk.GetArrayViewFromImage(moving)))
+    return sitk.Resample(
+        moving,
+        fixed,
+        transform,
+        interpolators[interpolation],
+        float(default_value),
+        sitk.sitkFloat32,
+    )
+
+
+def looks_like_label_map(image: sitk.Image) -> bool:
+    """True for integer images with at most 256 distinct values (masks, label maps)."""
+    if image.GetPixelID() not in (
+        sitk.sitkUInt8,
+        sitk.sitkInt8,
+        sitk.sitkUInt16,
+        sitk.sitkInt16,
+        sitk.sitkUInt32,
+        sitk.sitkInt32,
+    ):
+        return False
+    return np.unique(sitk.GetArrayViewFromImage(image)).size <= 256
+
+
+#: File endings ITK writes transforms to (HDF5 or text).
+TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt")
+
+
+def read_transform(path, *, role: str = "initial transform") -> sitk.Transform:
+    """Read an ITK transform file (fixed -> moving, LPS); clear errors for bad files."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise PrimageInputError(f"{role} file does not exist: {path}")
+    try:
+        transform = sitk.ReadTransform(str(path))
+    except RuntimeError as error:
+        lines = str(error).strip().splitlines()
+        detail = f" ({lines[-1][:160]})" if lines else ""
+        raise PrimageInputError(
+            f"{role} {path} is not an ITK transform file SimpleITK can read{detail}"
+        ) from None
+    if transform.GetDimension() != 3:
+        raise PrimageInputError(
+            f"{role} {path} is a {transform.GetDimension()}D transform; a 3D transform is needed"
+        )
+    return transform
+
+
+def write_transform(transform: sitk.Transform, path) -> None:
+    """Write an ITK transform file atomically (temporary file with the same ending, then rename)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TRANSFORM_SUFFIXES:
+        raise PrimageInputError(
+            f"transform file {path} must end with one of {', '.join(TRANSFORM_SUFFIXES)}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent
+    )
+    os.close(handle)
+    try:
+        sitk.WriteTransform(transform, temporary)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def settings_for(
+    preset: str | None = None,
+    stages: str | Sequence[str] | None = None,
+    *,
+    initialisation: str | None = None,
+    bspline_spacing_mm: float | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Registration settings from a preset (default ``mr-mr``) and optional overrides.
+
+    ``stages`` (``"rigid,affine,bspline"`` or names) picks the stages: a stage the preset
+    defines keeps the preset's parameters, others take the defaults (so does a preset
+    stage that stops above full resolution when it becomes the last linear stage). ``initialisation``,
+    ``bspline_spacing_mm`` (control-point spacing of the B-spline stage) and ``seed``
+    replace the preset's values. Returns validated settings plus ``preset`` (name).
+    """
+    from primage.registration.presets import load_preset
+    from primage.registration.stages import stages_from_names
+
+    loaded = load_preset(preset or "mr-mr")
+    settings = {
+        k: v for k, v in loaded.items() if k not in ("name", "description", "reference", "source")
+    }
+    if stages is not None:
+        by_kind = {stage["stage"]: stage for stage in loaded["stages"]}
+        chosen = stages_from_names(stages)
+        linear = [s["stage"] for s in chosen if s["stage"] != "bspline"]
+        picked = []
+        for stage in chosen:
+            preset_stage = by_kind.get(stage["stage"])
+            # A preset stage that stops above full resolution (because a later stage of
+            # the preset refines) must not end the linear part: take the defaults then.
+            coarse_only = preset_stage is not None and min(preset_stage["shrink_factors"]) > 1
+            last_linear = bool(linear) and stage["stage"] == linear[-1]
+            picked.append(
+                stage if preset_stage is None or (coarse_only and last_linear) else preset_stage
+            )
+        settings["stages"] = picked
+    if bspline_spacing_mm is not None:
+        if not any(stage["stage"] == "bspline" for stage in settings["stages"]):
+            raise PrimageInputError("a B-spline spacing was given but there is no bspline stage")
+        for stage in settings["stages"]:
+            if stage["stage"] == "bspline":
+                stage["control_point_spacing_mm"] = bspline_spacing_mm
+    if initialisation is not None:
+        settings["initialisation"] = initialisation
+    if seed is not None:
+        settings["seed"] = seed
+    result = validate_settings(settings)
+    result["preset"] = loaded["name"]
+    return result

@@ -18,7 +18,17 @@ from primage import __version__
 from primage.errors import PrimageInputError
 
 #: Modules under primage.cli that each add one area of commands, in --help order.
-AREAS = ("dicom", "preprocess", "register", "kinetics", "radiomics", "demo")
+AREAS = (
+    "dicom",
+    "preprocess",
+    "register",
+    "segment",
+    "kinetics",
+    "radiomics",
+    "pipeline",
+    "stats",
+    "demo",
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -5,7 +5,7 @@ with its ground truth), ``preprocessed/`` (each modality through its preset, wit
 sidecars and the N4 bias fields), ``report.md`` (figures measured against the ground
 truth), ``summary.json`` (the same figures, machine-readable) and ``montage.png`` (central
 axial T2w slice: raw | N4-corrected | preset output | true bias | estimated bias), and one
-sub-folder per capability section (:data:`DEMO_SECTIONS`: registration, kinetics, radiomics). Only
+sub-folder per capability section (:data:`DEMO_SECTIONS`: registration, segmentation, kinetics, radiomics, cohort). Only
 these demo files are (over)written; anything else in the folder is left alone.
 """
 
@@ -31,8 +31,11 @@ from primage.progress import ConsoleProgress, ProgressCallback, no_progress, sub
 #: ``run_demo(case_folder, output_folder, progress)`` returns Markdown report lines).
 DEMO_SECTIONS = (
     ("registration", "primage.registration.demo"),
+    ("segmentation", "primage.segmentation.demo"),
     ("kinetics", "primage.kinetics.demo"),
     ("radiomics", "primage.radiomics.demo"),
+    # A small generated cohort through the whole pipeline (2 workers), with report.html.
+    ("cohort", "primage.pipeline.demo"),
 )
 
 

@@ -622,3 +622,114 @@ def motion_scenario(scene) -> object:
     _check(rows[2]["framewise_displacement_mm"] > 2.0, "the moved frame shows no displacement")
     _check(result.chart_node.GetNumberOfPlotSeriesNodes() == 7, "the motion chart needs 7 curves")
     return result.sequence_node
+
+
+def segmentation_scenario(scene) -> object:
+    """Compare two segmentations and build a STAPLE consensus in ``scene``; check the tables.
+
+    Two offset spheres (0.8 x 0.8 x 3 mm voxels) as reference and test segment "tumour":
+    the table row equals the engine on the same masks and the Hausdorff distance is within
+    1.5 mm of the analytic value; a third and fourth observer give a STAPLE consensus whose
+    table has one row per observer with sensitivities in [0, 1]. Returns the metrics table.
+    """
+    from primage.mrml.segmentation_metrics import (
+        compare_segmentation_nodes,
+        staple_from_segmentation_nodes,
+    )
+    from primage.mrml.tables import rows_from_table_node
+    from primage.segmentation.metrics import compare_label_images
+    from primage.segmentation.truth import sphere_pair
+
+    a, b, truth = sphere_pair(size=(64, 64, 20), radius_a=15.0, radius_b=13.0)
+    names = {1: "tumour"}
+    reference = segmentation_from_label_image(a, scene, names, name="reference")
+    test = segmentation_from_label_image(b, scene, names, name="test")
+    table = compare_segmentation_nodes(reference, test)
+    _check(table.GetScene() is scene, "the metrics table is not in the scene")
+    rows = rows_from_table_node(table)
+    _check(len(rows) == 1, f"expected one row (tumour vs tumour), got {len(rows)}")
+    row = rows[0]
+    _check(row["reference_segment"] == "tumour", f"reference segment {row['reference_segment']}")
+    expected = compare_label_images(a, b)[0]
+    for name in ("dice", "jaccard", "hausdorff", "hausdorff95", "assd", "fnr", "fpr_modified"):
+        _check(
+            abs(row[name] - expected[name]) < 1e-9,
+            f"{name}: table {row[name]} != engine {expected[name]}",
+        )
+    _check(
+        abs(row["hausdorff"] - truth["hausdorff"]) < 1.5,
+        f"Hausdorff {row['hausdorff']} mm far from the analytic {truth['hausdorff']} mm",
+    )
+    _check(table.GetColumnUnitLabel("hausdorff") == "mm", "the hausdorff column has no unit")
+    shifted = sitk.BinaryDilate(b, [1, 1, 0])
+    third = segmentation_from_label_image(shifted, scene, names, name="observer 3")
+    consensus, observers = staple_from_segmentation_nodes([reference, test, third], "tumour")
+    _check(consensus.GetSegmentation().GetNumberOfSegments() == 1, "consensus segments")
+    observer_rows = rows_from_table_node(observers)
+    _check(
+        [r["observer"] for r in observer_rows] == ["reference", "test", "observer 3"],
+        f"observer rows {observer_rows}",
+    )
+    _check(
+        all(
+            0.0 <= r["sensitivity"] <= 1.0 and 0.0 <= r["specificity"] <= 1.0 for r in observer_rows
+        ),
+        "sensitivity or specificity outside [0, 1]",
+    )
+    return table
+
+
+def pipeline_scenario(scene) -> object:
+    """The "process this case" action on scene nodes: a small digital patient (T2w volume, DWI and DCE
+    sequence nodes, tumour segmentation) through the whole chain; every result is a node.
+
+    Checks: the registered DWI is a sequence of the same b-values on the T2w grid, the
+    tumour segmentation and the ADC map exist, the tumour's median ADC is near the truth
+    (0.8e-3 mm^2/s), the features table has one row per measured image, the QC table one
+    row per series, and the input nodes are unchanged. Returns the :class:`PipelineNodes`.
+    """
+    from primage.mrml.pipeline import process_case_nodes
+    from primage.mrml.sequences import (
+        VolumeSeries,
+        sequence_node_from_series,
+        series_from_sequence_node,
+    )
+    from primage.mrml.volumes import sitk_from_volume_node, volume_node_from_sitk
+    from primage.synthetic import make_digital_patient
+
+    patient = make_digital_patient(4, size=(40, 40, 12), spacing=(3.6, 3.6, 13.0))
+    t2w = volume_node_from_sitk(patient.t2w, scene, "T2w")
+    dwi = sequence_node_from_series(
+        VolumeSeries.from_image4d(patient.dwi, patient.b_values, "b", "s/mm2"), scene, "DWI"
+    )
+    dce = sequence_node_from_series(
+        VolumeSeries.from_image4d(patient.dce, patient.frame_times, "time", "s"), scene, "DCE"
+    )
+    tumour = segmentation_from_label_image(patient.tumour, scene, {1: "tumour"}, name="Tumour")
+    before = sitk.GetArrayFromImage(sitk_from_volume_node(t2w))
+    config = {
+        "preprocess": {"presets": {"t2w": "t2w", "dwi": "dwi"}},
+        "radiomics": {"images": ["t2w", "adc"]},
+    }
+    nodes = process_case_nodes(
+        {"t2w": t2w, "dwi": dwi, "dce": dce}, tumour, config=config, case_name="patient"
+    )
+    _check(nodes.summary["status"] in ("ok", "review"), f"case failed: {nodes.summary['message']}")
+    registered = series_from_sequence_node(nodes.sequences["dwi"])
+    _check(np.allclose(registered.values, patient.b_values), "registered DWI lost its b-values")
+    _check(
+        registered.volumes[0].GetSize() == patient.t2w.GetSize(),
+        "the registered DWI is not on the T2w grid",
+    )
+    _check({"dwi", "dce"} <= set(nodes.transforms), "a registration transform node is missing")
+    _check(nodes.segmentation is not None, "no tumour segmentation node")
+    adc = sitk.GetArrayFromImage(sitk_from_volume_node(nodes.maps["adc"]))
+    inside = sitk.GetArrayFromImage(patient.tissues) == 8  # viable tumour
+    median = float(np.median(adc[inside & (adc > 0)]))
+    _check(abs(median - 0.8e-3) < 0.15e-3, f"tumour ADC {median:.3g} is far from 0.8e-3 mm^2/s")
+    _check("adc" in nodes.habitats, "no Fit-Cluster-Fit habitat segmentation")
+    _check(nodes.features_table.GetNumberOfRows() == 2, "the features table needs 2 rows")
+    _check(nodes.qc_table.GetNumberOfRows() == 3, "the QC table needs one row per series")
+    after = sitk.GetArrayFromImage(sitk_from_volume_node(t2w))
+    _check(np.array_equal(before, after), "the input T2w node was modified")
+    return nodes

@@ -1,0 +1,340 @@
+from typing import Optional, Union
+
+import slicer
+import vtk
+from slicer import (
+    vtkMRMLDiffusionWeightedVolumeNode,
+    vtkMRMLLabelMapVolumeNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLSequenceNode,
+)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+# This file stays thin: the Widget binds the .ui to the parameter node, the Logic reads the
+# parameter node and calls the MRML layer (primage.mrml.pipeline), which runs the cohort
+# pipeline's chain (primage.pipeline) on this one case. The engine is imported lazily,
+# inside the Logic, so that loading the module at Slicer start-up stays fast.
+
+#
+# PrimagePipeline
+#
+
+
+class PrimagePipeline(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Pipeline")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "PRIMAGE")]
+        self.parent.dependencies = ["Sequences"]
+        self.parent.contributors = ["PRIMAGE for 3D Slicer contributors"]
+        self.parent.helpText = _("""
+Process this case: the PRIMAGE chain (preprocessing, registration onto the reference series,
+the tumour segmentation, DWI/DCE kinetic maps with Fit-Cluster-Fit habitats, radiomic
+features) on the selected volumes, with the same configuration file and the same code as the
+cohort command line. Every result becomes a node: preprocessed and registered volumes (4D
+series as sequences), transforms with their QC, the tumour segmentation, parameter maps,
+habitat segmentations, a registration QC table and a features table.
+For a whole cohort use the command line: <code>primage pipeline run --help</code>.
+""")
+        self.parent.acknowledgementText = _("""
+Developed for PRIMAGE (PRedictive In-silico Multiscale Analytics to support cancer
+personalised diaGnosis and prognosis, Empowered by imaging biomarkers), a project funded by
+the European Union's Horizon 2020 research and innovation programme under grant agreement
+No 826494.
+""")
+
+
+#
+# PrimagePipelineParameterNode
+#
+
+
+@parameterNodeWrapper
+class PrimagePipelineParameterNode:
+    """
+    The parameters of the module, stored in the scene (saved and restored with it).
+
+    t2wVolume, t1wVolume, ctVolume - 3D series of the case (the configuration's reference
+        role, t2w by default, is required).
+    dwiNode - DWI as a sequence indexed by b (s/mm^2) or a diffusion-weighted volume node.
+    dceNode - DCE as a sequence indexed by time (s).
+    tumourNode, tumourSegment - the tumour on the reference volume (segment: name or ID;
+        empty: all segments).
+    caseName - prefix of the result nodes (never a patient name).
+    configFile - pipeline configuration (YAML); empty: the built-in defaults.
+    outputFolder - folder keeping the case outputs for reuse; empty: a temporary folder.
+    """
+
+    t2wVolume: vtkMRMLScalarVolumeNode
+    t1wVolume: vtkMRMLScalarVolumeNode
+    ctVolume: vtkMRMLScalarVolumeNode
+    dwiNode: Union[vtkMRMLSequenceNode, vtkMRMLDiffusionWeightedVolumeNode, None]
+    dceNode: vtkMRMLSequenceNode
+    tumourNode: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
+    tumourSegment: str = ""
+    caseName: str = "case"
+    configFile: str = ""
+    outputFolder: str = ""
+
+
+#
+# PrimagePipelineWidget
+#
+
+
+class PrimagePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Uses ScriptedLoadableModuleWidget base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent=None) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/PrimagePipeline.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = PrimagePipelineLogic()
+        self.ui.progressBar.hide()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        """Called when the application closes and the module widget is destroyed."""
+        self.removeObservers()
+
+    def enter(self) -> None:
+        """Called each time the user opens this module."""
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Called each time the user opens a different module."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply
+            )
+
+    def onSceneStartClose(self, caller, event) -> None:
+        """Called just before the scene is closed."""
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        """Called just after the scene is closed."""
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        """Ensure parameter node exists and observed."""
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode: Optional[PrimagePipelineParameterNode]) -> None:
+        """Set and observe the parameter node; the GUI follows it (SlicerParameterName)."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply
+            )
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        if not node or not any(
+            [node.t2wVolume, node.t1wVolume, node.ctVolume, node.dwiNode, node.dceNode]
+        ):
+            self.ui.applyButton.toolTip = _("Select the volumes of the case")
+            self.ui.applyButton.enabled = False
+        else:
+            self.ui.applyButton.toolTip = _("Run the configured chain on the selected volumes")
+            self.ui.applyButton.enabled = True
+
+    def onApplyButton(self) -> None:
+        """Run the chain when the user clicks "Process this case"."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to process the case."), waitCursor=True):
+            self.ui.applyButton.enabled = False
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.show()
+            try:
+                result = self.logic.processParameterNode(
+                    self._parameterNode, progress=self._showProgress
+                )
+            finally:
+                self.ui.progressBar.hide()
+                self._checkCanApply()
+            self.ui.statusLabel.text = self.logic.describe(result)
+            reference = result.volumes.get("t2w") or next(iter(result.volumes.values()), None)
+            if reference is not None:
+                slicer.util.setSliceViewerLayers(background=reference, fit=True)
+
+    def _showProgress(self, fraction: float, message: str) -> None:
+        """Progress callback of the engine: fraction in [0, 1] and what is being done."""
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.progressBar.format = message.replace("%", "%%") + " (%p%)"
+        slicer.app.processEvents()
+
+
+#
+# PrimagePipelineLogic
+#
+
+
+class PrimagePipelineLogic(ScriptedLoadableModuleLogic):
+    """Runs the pipeline chain on one case's nodes (primage.mrml.pipeline). Usable without
+    the widget, e.g. from the Python console."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return PrimagePipelineParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def volumesFromParameterNode(parameterNode) -> dict:
+        """Role -> node of the selected series (unselected roles left out)."""
+        roles = {
+            "t2w": parameterNode.t2wVolume,
+            "t1w": parameterNode.t1wVolume,
+            "ct": parameterNode.ctVolume,
+            "dwi": parameterNode.dwiNode,
+            "dce": parameterNode.dceNode,
+        }
+        return {role: node for role, node in roles.items() if node is not None}
+
+    def processParameterNode(self, parameterNode, progress=None):
+        """Process the case set in a parameter node; returns the created nodes
+        (primage.mrml.pipeline.PipelineNodes)."""
+        if parameterNode is None:
+            raise ValueError(
+                "No parameter node: open the Pipeline module once or call getParameterNode()."
+            )
+        return self.process(
+            self.volumesFromParameterNode(parameterNode),
+            parameterNode.tumourNode,
+            tumourSegment=parameterNode.tumourSegment,
+            configFile=parameterNode.configFile,
+            caseName=parameterNode.caseName,
+            outputFolder=parameterNode.outputFolder,
+            progress=progress,
+        )
+
+    def process(
+        self,
+        volumes,
+        tumourNode=None,
+        *,
+        tumourSegment="",
+        configFile="",
+        caseName="case",
+        outputFolder="",
+        progress=None,
+    ):
+        """
+        Run the configured chain on one case. Can be used without GUI widget.
+        :param volumes: dict role -> node (t2w, t1w, ct scalar volumes; dwi, dce sequences)
+        :param tumourNode: tumour segmentation or labelmap on the reference volume
+        :param tumourSegment: segment name or ID ("" = all segments)
+        :param configFile: pipeline configuration YAML ("" = built-in defaults)
+        :param caseName: prefix of the result nodes
+        :param outputFolder: folder keeping the outputs for reuse ("" = temporary)
+        :param progress: optional callable progress(fraction, message)
+        :return: the created nodes (PipelineNodes)
+        Raises ValueError (PrimageInputError) with a clear message on bad input or a failed step.
+        """
+        from primage.errors import PrimageInputError
+        from primage.mrml.pipeline import process_case_nodes
+
+        if not volumes:
+            raise PrimageInputError("Select the volumes of the case.")
+        return process_case_nodes(
+            volumes,
+            tumourNode,
+            tumour_segment=tumourSegment or None,
+            config=configFile or None,
+            case_name=caseName or "case",
+            output_folder=outputFolder or None,
+            progress=progress,
+        )
+
+    @staticmethod
+    def describe(result) -> str:
+        """One line for the status label: the case status and what was created."""
+        summary = result.summary
+        text = f"{summary['case_id']}: {summary['status']}"
+        if summary.get("message"):
+            text += f" ({summary['message']})"
+        created = len(result.volumes) + len(result.sequences) + len(result.maps)
+        return text + f"; {created} volumes/series, {len(result.transforms)} transforms created."
+
+
+#
+# PrimagePipelineTest
+#
+
+
+class PrimagePipelineTest(ScriptedLoadableModuleTest):
+    """
+    This is the test case for your scripted module.
+    Uses ScriptedLoadableModuleTest base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def setUp(self):
+        """Do whatever is needed to reset the state - typically a scene clear will be enough."""
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        """Run as few or as many tests as needed here."""
+        self.setUp()
+        self.test_PrimagePipelineSharedScenario()
+        self.setUp()
+        self.test_PrimagePipelineBadInput()
+
+    def test_PrimagePipelineSharedScenario(self):
+        """The scenario the pytest suite runs with slicer-core, here inside the application."""
+        self.delayDisplay("Starting the shared pipeline scenario")
+        from primage.mrml.selftest import pipeline_scenario
+
+        pipeline_scenario(slicer.mrmlScene)
+        self.delayDisplay("Test passed")
+
+    def test_PrimagePipelineBadInput(self):
+        """No volumes, or no reference volume: a ValueError with a message, not a crash."""
+        self.delayDisplay("Starting the bad input test")
+        logic = PrimagePipelineLogic()
+        parameterNode = logic.getParameterNode()
+        with self.assertRaises(ValueError):
+            logic.processParameterNode(parameterNode)
+        ct = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+        parameterNode.ctVolume = ct
+        with self.assertRaises(ValueError):
+            logic.processParameterNode(parameterNode)
+        self.delayDisplay("Test passed")

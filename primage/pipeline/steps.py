@@ -1,0 +1,648 @@
+"""The steps of one case: preprocess -> register -> segment -> kinetics -> radiomics.
+
+Each step turns the case's current state (:class:`CaseContext`: the latest image of every
+role, the transforms, the tumour mask, the kinetic maps) into :class:`~primage.pipeline.units.Unit`
+s that call the engine (``primage.preprocessing``, ``primage.registration``,
+``primage.kinetics``, ``primage.radiomics``) and write into ``OUT/<case>/<step>/``. A step
+updates the context from its units' outputs whether they were computed or up to date, so
+the chain reads the same files either way. The ``figures`` step at the end draws the PNGs
+of the report from the files the other steps wrote.
+
+A unit's ``version`` is part of its content hash: bump it when the unit's code changes
+what it writes, and every case recomputes that unit (and what depends on it) once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from primage.errors import PrimageInputError
+from primage.io import read_image, series_to_volumes, write_image, write_json
+from primage.pipeline.cohort import Case
+from primage.pipeline.config import SERIES_4D
+from primage.pipeline.units import FileHashes, Unit, UnitOutcome, run_unit
+
+#: Code versions of the units (see the module docstring).
+VERSIONS = {
+    "preprocess": "1",
+    "register": "1",
+    "segment": "1",
+    "kinetics": "1",
+    "radiomics": "1",
+    "figures": "1",
+}
+
+
+@dataclass
+class CaseContext:
+    """The state of one case as the chain runs (paths, never images, so it stays small)."""
+
+    case: Case
+    config: dict[str, Any]
+    folder: Path
+    hashes: FileHashes = field(default_factory=FileHashes)
+    current: dict[str, Path] = field(default_factory=dict)
+    transforms: dict[str, Path] = field(default_factory=dict)
+    mask: Path | None = None
+    maps: dict[str, Path] = field(default_factory=dict)
+    kinetics: dict[str, Path] = field(default_factory=dict)  # unit -> its JSON summary
+    qc: dict[str, Path] = field(default_factory=dict)  # role -> registration QC JSON
+    snapshots: dict[str, Path] = field(default_factory=dict)
+    radiomics: dict[str, Path] = field(default_factory=dict)  # image -> features CSV
+    figures: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def reference(self) -> str:
+        return self.config["reference"]
+
+    def step_folder(self, step: str) -> Path:
+        return self.folder / step
+
+
+@dataclass
+class StepOutcome:
+    """The units of one step as run (or found up to date) and notes for a person."""
+
+    units: list[UnitOutcome] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        return "done" if any(u.state == "done" for u in self.units) else "up-to-date"
+
+
+def anonymous(image: sitk.Image) -> sitk.Image:
+    """``image`` without its metadata dictionary (file headers may carry names)."""
+    for key in image.GetMetaDataKeys():
+        image.EraseMetaData(key)
+    return image
+
+
+def _write(image: sitk.Image, path: Path) -> Path:
+    return write_image(anonymous(image), path)
+
+
+def _dimension(role: str) -> int:
+    return 4 if role in SERIES_4D else 3
+
+
+def _run(ctx: CaseContext, step: str, units: list[Unit], outcome: StepOutcome, progress) -> None:
+    for index, unit in enumerate(units):
+        progress(index / max(len(units), 1), f"{step}: {unit.name}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = run_unit(ctx.step_folder(step), unit, ctx.hashes)
+        messages = list(dict.fromkeys(str(w.message) for w in caught))
+        if messages:
+            result.details.setdefault("warnings", messages[:5])
+        outcome.units.append(result)
+
+
+# --- preprocess ---------------------------------------------------------------------------
+
+
+def step_preprocess(ctx: CaseContext, progress) -> StepOutcome:
+    """Every series with a preset through :func:`primage.preprocessing.run_steps` (4D: per volume)."""
+    from primage.preprocessing import load_preset, run_steps, run_steps_series
+
+    outcome = StepOutcome()
+    presets = ctx.config["preprocess"]["presets"]
+    units = []
+    for role, path in sorted(ctx.current.items()):
+        if role not in presets:
+            outcome.notes.append(f"{role}: no preprocessing preset, used as it is")
+            continue
+        preset = load_preset(presets[role])
+
+        def run(folder: Path, role=role, path=path, preset=preset):
+            image = read_image(path, dimension=_dimension(role), role=role)
+            if image.GetDimension() == 4:
+                result = run_steps_series(image, preset["steps"])
+            else:
+                result = run_steps(image, preset["steps"])
+            out = _write(result.image, folder / f"{role}.nii.gz")
+            record = write_json(
+                {"preset": preset["name"], "source": preset["source"], "steps": result.records},
+                folder / f"{role}.json",
+            )
+            return {"image": out, "record": record}, {
+                "preset": preset["name"],
+                "steps": [r["step"] for r in result.records],
+            }
+
+        units.append(
+            Unit(
+                role,
+                {"image": path},
+                {"preset": preset["steps"], "name": preset["name"]},
+                VERSIONS["preprocess"],
+                run,
+            )
+        )
+    _run(ctx, "preprocess", units, outcome, progress)
+    for unit in outcome.units:
+        ctx.current[unit.name] = unit.outputs["image"]
+    return outcome
+
+
+# --- register -----------------------------------------------------------------------------
+
+
+def representative_volume(
+    series: sitk.Image, role: str, values: np.ndarray | None, config
+) -> sitk.Image:
+    """The 3D volume of a 4D series that is registered: DWI lowest b (or mean), DCE the
+    mean of the first (pre-contrast) frames."""
+    volumes = series_to_volumes(series)
+    if role == "dwi":
+        if config["dwi_volume"] == "mean":
+            return _mean(volumes)
+        index = int(np.argmin(values)) if values is not None and len(values) == len(volumes) else 0
+        return volumes[index]
+    return _mean(volumes[: config["dce_baseline_frames"]])
+
+
+def _mean(volumes: list[sitk.Image]) -> sitk.Image:
+    arrays = [sitk.GetArrayFromImage(v).astype(np.float32) for v in volumes]
+    mean = sitk.GetImageFromArray(np.mean(arrays, axis=0, dtype=np.float64).astype(np.float32))
+    mean.CopyInformation(volumes[0])
+    return mean
+
+
+def _index_values(ctx: CaseContext, role: str) -> np.ndarray | None:
+    from primage.kinetics.values import parse_values
+
+    path = ctx.case.values.get(role)
+    if path is None:
+        return None
+    return parse_values(path, role="b-values" if role == "dwi" else "frame times")
+
+
+def step_register(ctx: CaseContext, progress) -> StepOutcome:
+    """Every series onto the reference (:func:`primage.registration.register_images`),
+    with the QC of :func:`primage.registration.qc.quality_control` and its snapshots."""
+    from primage.registration import register_images, resample_to_fixed, settings_for
+    from primage.registration.core import write_transform
+    from primage.registration.qc import quality_control, write_snapshots
+
+    outcome = StepOutcome()
+    options = ctx.config["register"]
+    reference = ctx.reference
+    fixed_path = ctx.current[reference]
+    reference_mask = ctx.case.masks.get("reference")
+    units = []
+    for role, path in sorted(ctx.current.items()):
+        if role == reference:
+            continue
+        preset = options["presets"].get(role)
+        if preset is None:
+            outcome.notes.append(f"{role}: no registration preset, not used after registration")
+            continue
+        settings = settings_for(preset, options["stages"].get(role)) if preset != "none" else None
+        moving_mask = ctx.case.masks.get(role)
+        inputs = {"fixed": fixed_path, "moving": path}
+        if role in ctx.case.values:
+            inputs["values"] = ctx.case.values[role]
+        if reference_mask is not None and moving_mask is not None:
+            inputs["fixed_mask"], inputs["moving_mask"] = reference_mask, moving_mask
+
+        def run(
+            folder: Path, role=role, path=path, preset=preset, settings=settings, inputs=inputs
+        ):
+            fixed = read_image(fixed_path, role=reference)
+            series = read_image(path, dimension=_dimension(role), role=role)
+            moving = series
+            if series.GetDimension() == 4:
+                moving = representative_volume(series, role, _index_values(ctx, role), options)
+            masks = {
+                key: read_image(inputs[key], role=key.replace("_", " "))
+                for key in ("fixed_mask", "moving_mask")
+                if key in inputs
+            }
+            use_masks = options["use_masks"] and len(masks) == 2
+            if settings is None:
+                transform = sitk.Transform(3, sitk.sitkIdentity)
+                record = {"preset": "none"}
+                thresholds = None
+            else:
+                result = register_images(
+                    fixed,
+                    moving,
+                    settings,
+                    fixed_mask=masks.get("fixed_mask") if use_masks else None,
+                    moving_mask=masks.get("moving_mask") if use_masks else None,
+                )
+                transform, thresholds = result.transform, settings["qc"]
+                record = {"preset": preset, "stages": result.stages, "seconds": result.seconds}
+            qc = quality_control(
+                fixed,
+                moving,
+                transform,
+                fixed_mask=masks.get("fixed_mask"),
+                moving_mask=masks.get("moving_mask"),
+                thresholds=thresholds,
+                masks_used=use_masks,
+            )
+            # ITK text format: HDF5 files carry a write time, so the same transform would
+            # hash differently on every run and needlessly rerun what reads it.
+            outputs = {"transform": folder / f"{role}_to_{reference}.tfm"}
+            write_transform(transform, outputs["transform"])
+            if series.GetDimension() == 4:
+                # Linear, not B-spline: cubic overshoot can make a DWI/DCE signal negative,
+                # and negative signals cannot be fitted.
+                volumes = [
+                    resample_to_fixed(v, fixed, transform, interpolation="linear")
+                    for v in series_to_volumes(series)
+                ]
+                registered = sitk.JoinSeries(volumes, series.GetOrigin()[3], series.GetSpacing()[3])
+            else:
+                registered = resample_to_fixed(series, fixed, transform)
+            outputs["image"] = _write(registered, folder / f"{role}.nii.gz")
+            if options["snapshots"]:
+                written = write_snapshots(
+                    fixed,
+                    moving,
+                    transform,
+                    folder / f"{role}_qc",
+                    fixed_mask=masks.get("fixed_mask"),
+                )
+                outputs.update({kind: folder / name for kind, name in written.items()})
+            outputs["qc"] = write_json({**qc, "registration": record}, folder / f"{role}_qc.json")
+            after = qc["metric_after"]
+            return outputs, {
+                "preset": preset,
+                "verdict": qc["verdict"],
+                "reason": qc["reason"],
+                "mutual_information": after.get("mutual_information"),
+                "dice": qc.get("dice_after"),
+            }
+
+        # Only the options this role uses: another role's setting must not rerun it.
+        used = {"use_masks": options["use_masks"], "snapshots": options["snapshots"]}
+        if role == "dwi":
+            used["dwi_volume"] = options["dwi_volume"]
+        elif role == "dce":
+            used["dce_baseline_frames"] = options["dce_baseline_frames"]
+        units.append(
+            Unit(
+                role,
+                inputs,
+                {"preset": preset, "settings": settings, "options": used},
+                VERSIONS["register"],
+                run,
+            )
+        )
+    _run(ctx, "register", units, outcome, progress)
+    registered = {unit.name for unit in outcome.units}
+    for role in [r for r in ctx.current if r != reference and r not in registered]:
+        del ctx.current[role]
+    for unit in outcome.units:
+        ctx.current[unit.name] = unit.outputs["image"]
+        ctx.transforms[unit.name] = unit.outputs["transform"]
+        ctx.qc[unit.name] = unit.outputs["qc"]
+        for kind in ("fusion_after", "checkerboard_after", "fusion_before"):
+            if kind in unit.outputs:
+                ctx.snapshots[f"{unit.name}_{kind}"] = unit.outputs[kind]
+        if unit.details.get("verdict") == "review":
+            outcome.notes.append(
+                f"{unit.name}: registration needs review ({unit.details['reason']})"
+            )
+    return outcome
+
+
+# --- segment ------------------------------------------------------------------------------
+
+
+def step_segment(ctx: CaseContext, progress) -> StepOutcome:
+    """The tumour mask on the reference grid by the configured segmenter
+    (:mod:`primage.pipeline.segmenters`)."""
+    from primage.pipeline.segmenters import SEGMENTERS, SegmentationRequest
+
+    outcome = StepOutcome()
+    method = ctx.config["segment"]["method"]
+    segmenter = SEGMENTERS[method]
+    reference_path = ctx.current[ctx.reference]
+    masks = dict(ctx.case.masks)
+    inputs = {"reference": reference_path}
+    inputs.update({f"mask_{role}": path for role, path in masks.items()})
+    inputs.update(
+        {f"transform_{role}": ctx.transforms[role] for role in masks if role in ctx.transforms}
+    )
+
+    def run(folder: Path):
+        reference = read_image(reference_path, role=ctx.reference)
+        request = SegmentationRequest(
+            reference,
+            ctx.reference,
+            masks,
+            {role: ctx.transforms[role] for role in masks if role in ctx.transforms},
+            dict(ctx.current),
+        )
+        mask = segmenter.function(request)
+        voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+        volume_ml = voxels * float(np.prod(mask.GetSpacing())) / 1000.0
+        out = _write(sitk.Cast(mask, sitk.sitkUInt8), folder / "tumour.nii.gz")
+        return {"mask": out}, {"voxels": voxels, "volume_ml": round(volume_ml, 4), "method": method}
+
+    unit = Unit(
+        "tumour",
+        inputs,
+        {"method": method, "segmenter": segmenter.version},
+        VERSIONS["segment"],
+        run,
+    )
+    _run(ctx, "segment", [unit], outcome, progress)
+    ctx.mask = outcome.units[0].outputs["mask"]
+    return outcome
+
+
+# --- kinetics -----------------------------------------------------------------------------
+
+
+def _tumour_values(image: sitk.Image, tumour: np.ndarray) -> np.ndarray:
+    values = sitk.GetArrayFromImage(image)[tumour].astype(float)
+    # Maps hold 0 where no fit was possible: such voxels are not values.
+    return values[values != 0]
+
+
+def _kinetics_units(ctx: CaseContext) -> tuple[list[Unit], list[str]]:
+    from primage.kinetics import (
+        adc_maps,
+        dce_maps,
+        fcf_maps,
+        fit_adc,
+        roi_statistics,
+        tofts_maps,
+    )
+    from primage.kinetics.dce import concentration_image
+    from primage.registration.core import dilate_mask
+
+    options = ctx.config["kinetics"]
+    notes: list[str] = []
+    units: list[Unit] = []
+    mask_path = ctx.mask
+
+    def masks(series: sitk.Image):
+        tumour = read_image(mask_path, role="tumour mask")
+        volume = series_to_volumes(series)[0]
+        tumour = sitk.Resample(
+            sitk.Cast(tumour != 0, sitk.sitkUInt8), volume, sitk.Transform(),
+            sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8,
+        )  # fmt: skip
+        region = dilate_mask(tumour, options["margin_mm"])
+        return tumour, region, sitk.GetArrayFromImage(tumour) > 0
+
+    def add(name: str, role: str, settings: dict, work: Callable) -> None:
+        if role not in ctx.current:
+            notes.append(f"{name}: no {role} series, skipped")
+            return
+        if role not in ctx.case.values:
+            raise PrimageInputError(
+                f"the {role} series has no {SERIES_4D[role]} ({'b-values' if role == 'dwi' else 'frame times'})"
+            )
+        inputs = {"series": ctx.current[role], "values": ctx.case.values[role], "mask": mask_path}
+
+        def run(folder: Path, role=role, inputs=inputs):
+            series = read_image(inputs["series"], dimension=4, role=role)
+            values = _index_values(ctx, role)
+            return work(folder, series, values, *masks(series))
+
+        units.append(Unit(name, inputs, settings, VERSIONS["kinetics"], run))
+
+    if options["adc"]["enabled"]:
+
+        def adc(folder, series, b, tumour, region, inside):
+            result = adc_maps(series, b, region, method=options["adc"]["method"])
+            outputs = {
+                n: _write(result.maps[n], folder / f"{n}.nii.gz") for n in ("adc", "adc_se", "r2")
+            }
+            signal = sitk.GetArrayFromImage(series)  # (b, z, y, x)
+            mean = signal[:, inside].mean(axis=1)
+            fit = fit_adc(mean[None, :], b, method=options["adc"]["method"])
+            b_fit = np.linspace(0.0, float(np.max(b)), 50)
+            summary = {
+                "tumour": {"adc": roi_statistics(_tumour_values(result.maps["adc"], inside))},
+                "tumour_mean_signal_fit": {
+                    "adc": float(fit.adc[0]),
+                    "adc_se": float(fit.adc_se[0]),
+                },
+                "curve": {"x": b, "y": mean, "x_fit": b_fit, "fit": fit.predict(b_fit)[0]},
+                "units": result.summary["maps"],
+                "summary": result.summary,
+            }
+            outputs["summary"] = write_json(summary, folder / "adc.json")
+            return outputs, {"tumour_adc_median": summary["tumour"]["adc"].get("median")}
+
+        add("adc", "dwi", dict(options["adc"], margin_mm=options["margin_mm"]), adc)
+
+    if options["dce"]["enabled"]:
+
+        def dce(folder, series, times, tumour, region, inside):
+            result = dce_maps(series, times, region)
+            outputs = {n: _write(image, folder / f"{n}.nii.gz") for n, image in result.maps.items()}
+            signal = sitk.GetArrayFromImage(series)[:, inside].mean(axis=1)
+            frames = result.summary["baseline_frames"]
+            summary = {
+                "tumour": {
+                    n: roi_statistics(_tumour_values(result.maps[n], inside))
+                    for n in result.summary["units"]
+                    if n in result.maps
+                },
+                "curve": {"x": times, "y": signal / signal[:frames].mean() - 1.0},
+                "units": result.summary["units"],
+                "summary": result.summary,
+            }
+            outputs["summary"] = write_json(summary, folder / "dce.json")
+            return outputs, {"tumour_iauc60_median": summary["tumour"]["iauc60"].get("median")}
+
+        add("dce", "dce", dict(options["dce"], margin_mm=options["margin_mm"]), dce)
+
+    fcf_options = options["fcf"]
+    for parameter, role in (("adc", "dwi"), ("iauc60", "dce")):
+        if not fcf_options[parameter]:
+            continue
+
+        def fcf(folder, series, values, tumour, region, inside, parameter=parameter):
+            result = fcf_maps(
+                series,
+                values,
+                tumour,
+                parameter=parameter,
+                clusters=fcf_options["clusters"],
+                confidence=fcf_options["confidence"],
+            )
+            name = f"fcf_{parameter}"
+            outputs = {
+                "habitats": _write(result.habitats, folder / f"{name}_habitats.nii.gz"),
+                "confidence": _write(result.confidence, folder / f"{name}_confidence.nii.gz"),
+            }
+            record = result.result.record()
+            record["curves"] = [
+                {"label": h.label, "x": h.x, "y": h.signal, "x_fit": h.x_fit, "fit": h.fit}
+                for h in result.result.habitats
+            ]
+            outputs["summary"] = write_json(record, folder / f"{name}.json")
+            return outputs, {"habitats": [h["value"] for h in record["habitats"]]}
+
+        add(f"fcf_{parameter}", role, dict(fcf_options, parameter=parameter), fcf)
+
+    tofts_options = options["tofts"]
+    if tofts_options["enabled"]:
+        acquisition = dict(tofts_options)
+        for key in ("t10_s", "flip_angle_deg", "repetition_time_s", "relaxivity"):
+            if key in ctx.case.acquisition:
+                acquisition[key] = float(ctx.case.acquisition[key])
+
+        def tofts(folder, series, times, tumour, region, inside):
+            concentration, _ = concentration_image(
+                series,
+                times,
+                t10_s=acquisition["t10_s"],
+                flip_angle_deg=acquisition["flip_angle_deg"],
+                repetition_time_s=acquisition["repetition_time_s"],
+                relaxivity=acquisition["relaxivity"],
+            )
+            result = tofts_maps(
+                concentration, times, "parker", region, extended=acquisition["extended"]
+            )
+            outputs = {n: _write(image, folder / f"{n}.nii.gz") for n, image in result.maps.items()}
+            mean = sitk.GetArrayFromImage(concentration)[:, inside].mean(axis=1)
+            summary = {
+                "tumour": {
+                    n: roi_statistics(_tumour_values(result.maps[n], inside))
+                    for n in ("ktrans", "kep", "ve", "vp")
+                    if n in result.maps
+                },
+                "curve": {"x": times, "y": mean},
+                "acquisition": acquisition,
+                "summary": result.summary,
+            }
+            outputs["summary"] = write_json(summary, folder / "tofts.json")
+            return outputs, {"tumour_ktrans_median": summary["tumour"]["ktrans"].get("median")}
+
+        add("tofts", "dce", acquisition, tofts)
+    return units, notes
+
+
+def step_kinetics(ctx: CaseContext, progress) -> StepOutcome:
+    """ADC, semi-quantitative DCE, Fit-Cluster-Fit and (optionally) Tofts maps in the tumour
+    region, with tumour ROI values (:mod:`primage.kinetics`)."""
+    if ctx.mask is None:
+        raise PrimageInputError(
+            "kinetics needs a tumour mask: run the segment step or give tumour.nii.gz"
+        )
+    units, notes = _kinetics_units(ctx)
+    outcome = StepOutcome(notes=notes)
+    _run(ctx, "kinetics", units, outcome, progress)
+    for unit in outcome.units:
+        ctx.kinetics[unit.name] = unit.outputs["summary"]
+        for name in ("adc", "iauc60", "ktrans", "ve", "kep", "habitats"):
+            if name in unit.outputs:
+                key = f"{unit.name}_habitats" if name == "habitats" else name
+                ctx.maps[key] = unit.outputs[name]
+    return outcome
+
+
+# --- radiomics ----------------------------------------------------------------------------
+
+
+def step_radiomics(ctx: CaseContext, progress) -> StepOutcome:
+    """pyradiomics features of the tumour on each configured series and map
+    (:func:`primage.radiomics.extraction.extract`, one image per unit)."""
+    from primage.pipeline.config import radiomics_parameters
+    from primage.radiomics.extraction import extract, result_rows
+    from primage.radiomics.tables import write_csv
+
+    if ctx.mask is None:
+        raise PrimageInputError(
+            "radiomics needs a tumour mask: run the segment step or give tumour.nii.gz"
+        )
+    outcome = StepOutcome()
+    parameters = radiomics_parameters(ctx.config)
+    units = []
+    for name in ctx.config["radiomics"]["images"]:
+        path = ctx.current.get(name) or ctx.maps.get(name)
+        if path is None:
+            outcome.notes.append(f"radiomics: no {name}, skipped")
+            continue
+        if name in SERIES_4D:
+            outcome.notes.append(f"radiomics: {name} is a 4D series; measure its maps instead")
+            continue
+        modality = parameters.modality_of(name)
+        params = parameters.for_modality(modality)
+
+        def run(folder: Path, name=name, path=path):
+            results = extract(
+                {name: str(path)}, str(ctx.mask), labels=[1], parameters=parameters, workers=1
+            )
+            rows, diagnostics = result_rows(results, region_column="label", diagnostics="separate")
+            out = write_csv(rows, folder / f"{name}.csv")
+            extra = write_csv(diagnostics, folder / f"{name}.diagnostics.csv")
+            error = results[0].error
+            return {"features": out, "diagnostics": extra}, {
+                "features": len(results[0].features),
+                "error": error,
+            }
+
+        units.append(
+            Unit(
+                name,
+                {"image": path, "mask": ctx.mask},
+                {"params": params, "modality": modality},
+                VERSIONS["radiomics"],
+                run,
+            )
+        )
+    _run(ctx, "radiomics", units, outcome, progress)
+    for unit in outcome.units:
+        ctx.radiomics[unit.name] = unit.outputs["features"]
+        if unit.details.get("error"):
+            outcome.notes.append(f"radiomics {unit.name}: {unit.details['error']}")
+    return outcome
+
+
+# --- figures ------------------------------------------------------------------------------
+
+
+def step_figures(ctx: CaseContext, progress) -> StepOutcome:
+    """The report's PNGs of this case (:mod:`primage.pipeline.figures`)."""
+    from primage.pipeline import figures
+
+    outcome = StepOutcome()
+    reference = ctx.current.get(ctx.reference)
+    if reference is None:
+        return outcome
+    inputs = {"reference": reference}
+    if ctx.mask is not None:
+        inputs["mask"] = ctx.mask
+    for name in ("adc", "iauc60", "ktrans", "fcf_adc_habitats"):
+        if name in ctx.maps:
+            inputs[name] = ctx.maps[name]
+    inputs.update({f"summary_{k}": v for k, v in ctx.kinetics.items()})
+
+    def run(folder: Path):
+        return figures.case_figures(folder, inputs), {}
+
+    unit = Unit("figures", inputs, {}, VERSIONS["figures"], run)
+    _run(ctx, "figures", [unit], outcome, progress)
+    ctx.figures = dict(outcome.units[0].outputs)
+    return outcome
+
+
+#: The step functions by name (``figures`` always runs last and is not configurable).
+STEPS: dict[str, Callable[[CaseContext, Any], StepOutcome]] = {
+    "preprocess": step_preprocess,
+    "register": step_register,
+    "segment": step_segment,
+    "kinetics": step_kinetics,
+    "radiomics": step_radiomics,
+    "figures": step_figures,
+}

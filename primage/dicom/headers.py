@@ -17,11 +17,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+
+from primage.presetfiles import preset_folder
 
 #: SOP classes of objects without an image volume (reports, structure sets, plans, ...).
 NON_IMAGE_MODALITIES = {"SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "PR", "KO", "REG", "DOC", "RWV"}
@@ -51,7 +52,7 @@ SERIES_KEYWORDS = (
 @lru_cache(maxsize=1)
 def tag_sources() -> dict:
     """The b-value and time source table (``primage/presets/dicom/tags.json``)."""
-    text = resources.files("primage").joinpath("presets/dicom/tags.json").read_text("utf-8")
+    text = preset_folder("dicom").joinpath("tags.json").read_text("utf-8")
     return json.loads(text)
 
 

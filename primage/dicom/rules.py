@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 from primage.errors import PrimageInputError
+from primage.presetfiles import preset_folder
 
 #: Series features a rule can test (see :func:`primage.dicom.scan.series_features`).
 FEATURES = {
@@ -50,7 +50,7 @@ OPERATORS = ("equals", "in", "contains_any", "matches", "min", "max", "present")
 @lru_cache(maxsize=4)
 def _load(path: str | None) -> dict:
     if path is None:
-        text = resources.files("primage").joinpath("presets/dicom/roles.json").read_text("utf-8")
+        text = preset_folder("dicom").joinpath("roles.json").read_text("utf-8")
         origin = "built-in rules"
     else:
         file = Path(path)

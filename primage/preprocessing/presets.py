@@ -8,37 +8,19 @@ steps.
 
 from __future__ import annotations
 
-import json
 import os
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from primage.errors import PrimageInputError
 from primage.preprocessing.steps import validate_steps
+from primage.presetfiles import list_builtin, load_json_preset
 
 PRESET_KEYS = ("name", "modality", "description", "reference", "steps")
 
 
-def _preset_folder():
-    return resources.files("primage").joinpath("presets", "preprocessing")
-
-
 def list_presets() -> list[str]:
     """Names of the built-in presets, sorted (e.g. ``["ct", "dce", "dwi", "t1w", "t2w"]``)."""
-    folder = _preset_folder()
-    return sorted(
-        entry.name[: -len(".json")] for entry in folder.iterdir() if entry.name.endswith(".json")
-    )
-
-
-def _parse(text: str, source: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise PrimageInputError(
-            f"preset {source} is not valid JSON (line {error.lineno}: {error.msg})"
-        ) from None
+    return list_builtin("preprocessing")
 
 
 def validate_preset(data: Any, source: str, *, builtin: bool = False) -> dict[str, Any]:
@@ -77,27 +59,4 @@ def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
     Returns ``{"name", "modality", "description", "reference", "steps", "source"}``; the
     steps are as written in the file (validated; :func:`run_steps` fills the defaults).
     """
-    text_name = str(name_or_path)
-    if text_name in list_presets():
-        entry = _preset_folder().joinpath(f"{text_name}.json")
-        preset = validate_preset(
-            _parse(entry.read_text("utf-8"), text_name), text_name, builtin=True
-        )
-        preset["source"] = f"builtin:{text_name}"
-        return preset
-    path = Path(name_or_path)
-    if path.suffix.lower() == ".json" or path.exists():
-        if not path.is_file():
-            raise PrimageInputError(f"preset file does not exist: {path}")
-        try:
-            text = path.read_text("utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise PrimageInputError(f"cannot read preset file {path}: {error}") from None
-        preset = validate_preset(_parse(text, str(path)), str(path))
-        preset["name"] = preset["name"] or path.stem
-        preset["source"] = str(path.resolve())
-        return preset
-    raise PrimageInputError(
-        f"unknown preset {text_name!r}; built-in presets: {', '.join(list_presets())} "
-        "(or give the path of a .json file)"
-    )
+    return load_json_preset(name_or_path, "preprocessing", validate_preset, label="preset")

@@ -25,11 +25,11 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from primage.errors import PrimageInputError
+from primage.presetfiles import preset_folder
 
 #: Top-level sections of a pyradiomics parameter file.
 SECTIONS = ("setting", "imageType", "featureClass", "voxelSetting")
@@ -38,7 +38,7 @@ MODALITY_PRESETS = ("primage", "full")
 
 
 def _preset_folder():
-    return resources.files("primage").joinpath("presets", "radiomics")
+    return preset_folder("radiomics")
 
 
 def list_presets() -> list[str]:

@@ -19,7 +19,6 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ import SimpleITK as sitk
 
 from primage.errors import PrimageInputError
 from primage.io import mask_on_image_grid, same_geometry
+from primage.presetfiles import preset_folder
 from primage.progress import ProgressCallback, no_progress, sub_progress
 from primage.registration.core import check_volume, image_centre, register_images
 from primage.registration.presets import TEXT_KEYS, validate_preset
@@ -56,9 +56,7 @@ def motion_settings(transform: str = "rigid") -> dict[str, Any]:
         raise PrimageInputError(
             f"motion transform must be one of {', '.join(MOTION_TRANSFORMS)}; got {transform!r}"
         )
-    entry = resources.files("primage").joinpath(
-        "presets", "registration", "motion", f"{transform}.json"
-    )
+    entry = preset_folder("registration").joinpath("motion", f"{transform}.json")
     preset = validate_preset(
         json.loads(entry.read_text("utf-8")), f"motion/{transform}", builtin=True
     )

@@ -7,29 +7,19 @@ settings are validated with :func:`primage.registration.stages.validate_settings
 
 from __future__ import annotations
 
-import json
 import os
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from primage.errors import PrimageInputError
+from primage.presetfiles import list_builtin, load_json_preset
 from primage.registration.stages import SETTINGS_DEFAULTS, validate_settings
 
 TEXT_KEYS = ("name", "description", "reference")
 
 
-def _preset_folder():
-    return resources.files("primage").joinpath("presets", "registration")
-
-
 def list_presets() -> list[str]:
     """Names of the built-in presets, sorted (``dce-to-t2``, ``dwi-to-t2``, ``mr-ct``, ...)."""
-    return sorted(
-        entry.name[: -len(".json")]
-        for entry in _preset_folder().iterdir()
-        if entry.name.endswith(".json")
-    )
+    return list_builtin("registration")
 
 
 def validate_preset(data: Any, source: str, *, builtin: bool = False) -> dict[str, Any]:
@@ -57,42 +47,12 @@ def validate_preset(data: Any, source: str, *, builtin: bool = False) -> dict[st
     return {**{key: data.get(key, "") for key in TEXT_KEYS}, **settings}
 
 
-def _parse(text: str, source: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise PrimageInputError(
-            f"preset {source} is not valid JSON (line {error.lineno}: {error.msg})"
-        ) from None
-
-
 def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
     """Load a built-in preset by name (``"mr-ct"``) or a user JSON file by path.
 
     Returns the validated settings plus ``name``, ``description``, ``reference`` and
     ``source`` (``builtin:<name>`` or the file's absolute path).
     """
-    text_name = str(name_or_path)
-    if text_name in list_presets():
-        entry = _preset_folder().joinpath(f"{text_name}.json")
-        preset = validate_preset(
-            _parse(entry.read_text("utf-8"), text_name), text_name, builtin=True
-        )
-        preset["source"] = f"builtin:{text_name}"
-        return preset
-    path = Path(name_or_path)
-    if path.suffix.lower() == ".json" or path.exists():
-        if not path.is_file():
-            raise PrimageInputError(f"preset file does not exist: {path}")
-        try:
-            text = path.read_text("utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise PrimageInputError(f"cannot read preset file {path}: {error}") from None
-        preset = validate_preset(_parse(text, str(path)), str(path))
-        preset["name"] = preset["name"] or path.stem
-        preset["source"] = str(path.resolve())
-        return preset
-    raise PrimageInputError(
-        f"unknown registration preset {text_name!r}; built-in presets: "
-        f"{', '.join(list_presets())} (or give the path of a .json file)"
+    return load_json_preset(
+        name_or_path, "registration", validate_preset, label="registration preset"
     )

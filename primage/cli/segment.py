@@ -9,6 +9,8 @@
   (``staple_consensus.nii.gz``, ``staple_probability_label<N>.nii.gz``) and each observer's
   sensitivity/specificity (``staple_observers.csv``).
 - ``postprocess --input SEG --output OUT --steps largest,fill,close:2,min-volume:0.5``.
+- ``train``, ``predict``, ``deep-features`` (built-in DynUNet; torch and MONAI from the
+  ``seg`` extra) and ``export-nnunet``: see :mod:`primage.cli.segment_deep`.
 
 Masks must share one voxel grid (resample first; nothing is resampled silently here).
 Everything is computed before the first file is written, so bad input leaves no output.
@@ -26,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from primage import __version__
+from primage.cli.segment_deep import register_deep
 from primage.errors import PrimageInputError
 from primage.io import (
     IMAGE_SUFFIXES,
@@ -123,6 +126,7 @@ def register(subparsers) -> None:
         "--steps", required=True, help="comma-separated steps, e.g. largest,fill,close:2"
     )
     post.set_defaults(handler=run_postprocess)
+    register_deep(actions)
 
 
 def _finite(value):

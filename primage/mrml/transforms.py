@@ -286,7 +286,8 @@ def _sitk_grid_from_vtk(grid) -> sitk.DisplacementFieldTransform:
     image_data = grid.GetDisplacementGrid()
     origin, spacing, direction, _ = _grid_geometry(image_data, grid.GetGridDirectionMatrix())
     array = _lps_vectors(image_data) * grid.GetDisplacementScale()
-    array += np.array([-1.0, -1.0, 1.0]) * grid.GetDisplacementShift()
+    # The shift is added to every RAS component; convert that RAS vector to LPS.
+    array += ras_to_lps_points(np.full(3, grid.GetDisplacementShift()))
     field = sitk.GetImageFromArray(array, isVector=True)
     field.SetOrigin(origin)
     field.SetSpacing(spacing)

@@ -45,7 +45,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "use_masks": False,
         "snapshots": True,
     },
-    "segment": {"method": "given"},
+    "segment": {"method": "given", "model": "", "device": "cpu", "postprocess": "largest,fill"},
     "kinetics": {
         "margin_mm": 10.0,
         "adc": {"enabled": True, "method": "nlls"},
@@ -115,9 +115,15 @@ register:
 
 segment:
   # "given": the case's tumour.nii.gz (reference space) or tumour_<role>.nii.gz (that
-  # series' space, carried onto the reference by the registration). Model-based
-  # segmentation will be another method here.
+  # series' space, carried onto the reference by the registration); "model": a trained
+  # model folder (primage DynUNet or nnU-Net v2, `primage segment train`) run on the
+  # reference series (needs the `seg` extra; nnU-Net folders also `nnunet`).
   method: given
+  # For method "model": the model folder, the device (cpu, cuda) and the post-processing
+  # of the predicted mask (as `primage segment postprocess --steps`; "" for none).
+  model: ""
+  device: cpu
+  postprocess: largest,fill
 
 kinetics:
   # Maps are fitted inside the tumour grown by this margin (mm); ROI values use the tumour.
@@ -297,7 +303,23 @@ def validate_config(data: Any, *, base: str | os.PathLike | None = None) -> dict
 
     from primage.pipeline.segmenters import SEGMENTERS
 
-    _choice(config["segment"]["method"], tuple(SEGMENTERS), "segment.method")
+    segment = config["segment"]
+    _choice(segment["method"], tuple(SEGMENTERS), "segment.method")
+    for key in ("model", "device", "postprocess"):
+        if not isinstance(segment[key], str):
+            raise PrimageInputError(f"{_where('segment.' + key)} must be text")
+    if segment["method"] == "model":
+        from primage.segmentation.models import check_model
+        from primage.segmentation.postprocess import parse_steps
+
+        if not segment["model"]:
+            raise PrimageInputError(f"{_where('segment.model')}: give the model folder")
+        segment["model"] = _resolve_file(segment["model"], base)
+        try:
+            check_model(segment["model"])
+            parse_steps(segment["postprocess"])
+        except PrimageInputError as error:
+            raise PrimageInputError(f"{_where('segment')}: {error}") from None
 
     kinetics = config["kinetics"]
     kinetics["margin_mm"] = _number(kinetics["margin_mm"], "kinetics.margin_mm", 0, 200)

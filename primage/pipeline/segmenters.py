@@ -2,11 +2,12 @@
 
 A segmenter is a function ``segmenter(request) -> sitk.Image`` returning a binary UInt8
 tumour mask on the reference grid. :class:`SegmentationRequest` gives it the reference
-image, the case's mask files and the registration transforms. Today one method exists,
-``given`` (the case's own masks); a model-based method (issue 5) is added with
-:func:`register_segmenter` and selected with ``segment.method`` in the configuration.
-Each method has a version string that enters the step's content hash, so changing a
-model reruns the segmentation and everything after it.
+image, the case's mask files and the registration transforms. Two methods exist:
+``given`` (the case's own masks) and ``model`` (a trained model folder run on the reference
+series); others are added with :func:`register_segmenter` and selected with
+``segment.method`` in the configuration. Each method has a version string that enters the
+step's content hash; the model's files are inputs of the step, so changing a model reruns
+the segmentation and everything after it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class SegmentationRequest:
     masks: dict[str, Path] = field(default_factory=dict)
     transforms: dict[str, Path] = field(default_factory=dict)
     images: dict[str, Path] = field(default_factory=dict)
+    #: The ``segment`` section of the configuration (model folder, device, post-processing).
+    options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,4 +110,29 @@ register_segmenter(
     given_masks,
     "1",
     "the case's tumour.nii.gz, or tumour_<role>.nii.gz carried onto the reference",
+)
+
+
+def model_mask(request: SegmentationRequest) -> sitk.Image:
+    """Run the configured model folder on the reference image; every label is tumour.
+
+    The prediction comes back on the reference grid (nearest neighbour); the configured
+    post-processing (e.g. ``largest,fill``) runs before the labels are merged.
+    """
+    from primage.segmentation.models import load_model
+    from primage.segmentation.postprocess import postprocess_label_image
+
+    options = request.options
+    model = load_model(options["model"], device=options.get("device", "cpu"))
+    labels = model.predict([request.reference])
+    if options.get("postprocess"):
+        labels, _ = postprocess_label_image(labels, options["postprocess"])
+    return _binary_on_reference(labels, request.reference)
+
+
+register_segmenter(
+    "model",
+    model_mask,
+    "1",
+    "a trained model folder (primage DynUNet or nnU-Net v2) run on the reference series",
 )

@@ -336,6 +336,17 @@ def step_segment(ctx: CaseContext, progress) -> StepOutcome:
     inputs.update(
         {f"transform_{role}": ctx.transforms[role] for role in masks if role in ctx.transforms}
     )
+    options = dict(ctx.config["segment"])
+    if method == "model":
+        # The model's files are inputs: retraining the model reruns the segmentation.
+        model_folder = Path(options["model"])
+        inputs.update(
+            {
+                f"model_{path.relative_to(model_folder)}": path
+                for path in sorted(model_folder.rglob("*"))
+                if path.is_file()
+            }
+        )
 
     def run(folder: Path):
         reference = read_image(reference_path, role=ctx.reference)
@@ -345,6 +356,7 @@ def step_segment(ctx: CaseContext, progress) -> StepOutcome:
             masks,
             {role: ctx.transforms[role] for role in masks if role in ctx.transforms},
             dict(ctx.current),
+            options,
         )
         mask = segmenter.function(request)
         voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
@@ -355,7 +367,15 @@ def step_segment(ctx: CaseContext, progress) -> StepOutcome:
     unit = Unit(
         "tumour",
         inputs,
-        {"method": method, "segmenter": segmenter.version},
+        {
+            "method": method,
+            "segmenter": segmenter.version,
+            **(
+                {"device": options["device"], "postprocess": options["postprocess"]}
+                if method == "model"
+                else {}
+            ),
+        },
         VERSIONS["segment"],
         run,
     )

@@ -84,6 +84,8 @@ DEFAULT_B_VALUES = (0.0, 50.0, 100.0, 200.0, 400.0, 600.0, 800.0, 1000.0)
 
 #: Parker et al. (Magn Reson Med 2006;56:993) population AIF, whole-blood concentration
 #: (mmol/L) with time in minutes: two Gaussians plus a sigmoid-modulated exponential.
+#: Kept apart from primage.kinetics.aif on purpose: the ground truth must not come from the
+#: engine it checks; test_kinetics_dce.py asserts the two transcriptions agree to 1e-12.
 PARKER_AIF = {
     "A1": 0.809,  # mmol min
     "A2": 0.330,

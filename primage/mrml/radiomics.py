@@ -9,21 +9,15 @@ Diagnostics go to a second table node, to extra columns, or nowhere.
 Two ways to run: :func:`extract_features_from_nodes` works in this process (scripts,
 tests); :func:`start_extraction_job` and :func:`start_robustness_job` write the voxels to
 a temporary folder and run the engine in a separate Python process
-(:mod:`primage.radiomics.jobs`), which a GUI polls (:meth:`RadiomicsJob.poll`) and can
+(:mod:`primage.mrml.jobs`), which a GUI polls (:meth:`RadiomicsJob.poll`) and can
 cancel (:meth:`RadiomicsJob.cancel`) while it stays responsive.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import shutil
-import subprocess
-import tempfile
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +27,7 @@ import slicer
 
 from primage.errors import PrimageInputError
 from primage.io import write_image
+from primage.mrml.jobs import BackgroundJob, job_folder
 from primage.mrml.segmentations import label_images_from_segmentation
 from primage.mrml.tables import rows_from_table_node, table_node_from_rows
 from primage.mrml.volumes import check_scalar_volume_node, node_label, sitk_from_volume_node
@@ -233,18 +228,7 @@ def extract_features_from_nodes(
 # --- background jobs --------------------------------------------------------------------------
 
 
-@dataclass
-class JobStatus:
-    """What a job is doing: running or not, progress (0..1), the last message, the exit code."""
-
-    running: bool
-    fraction: float
-    message: str
-    returncode: int | None
-    error: str = ""
-
-
-class RadiomicsJob:
+class RadiomicsJob(BackgroundJob):
     """A radiomics run in a separate process; poll it from a timer, cancel it, finish it.
 
     Create it with :func:`start_extraction_job` or :func:`start_robustness_job`. Its
@@ -252,109 +236,15 @@ class RadiomicsJob:
     :meth:`finish` and :meth:`cancel`).
     """
 
-    def __init__(self, kind: str, folder: Path, spec: dict[str, Any], scene):
-        self.kind = kind
-        self.folder = folder
-        self.spec = spec
-        self.scene = scene
-        self.fraction = 0.0
-        self.message = "starting"
-        self.error = ""
-        self.warnings: list[str] = []
-        self._lines: queue.Queue[str] = queue.Queue()
-        spec_path = folder / "job.json"
-        spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        from primage.radiomics.jobs import job_command, job_environment
-
-        self.process = subprocess.Popen(
-            job_command(spec_path),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=job_environment(),
-            cwd=str(folder),
-            # Its own process group: cancelling kills the job and its worker processes.
-            start_new_session=(os.name == "posix"),
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self._lines.put(line.rstrip("\n"))
-        self.process.stdout.close()
-
-    def poll(self) -> JobStatus:
-        """Read the job's reports so far (never blocks)."""
-        while True:
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                break
-            if line.startswith("PROGRESS "):
-                _, fraction, *message = line.split(" ", 2)
-                self.fraction = float(fraction)
-                self.message = message[0] if message else ""
-            elif line.startswith("ERROR "):
-                self.error = line[len("ERROR ") :]
-            elif line.startswith("WARNING "):
-                self.warnings.append(line[len("WARNING ") :])
-            elif line == "DONE":
-                self.fraction, self.message = 1.0, "done"
-            elif line.strip() and not self.error:
-                # Anything else (a crash's traceback) is kept for the error message.
-                self.warnings.append(line.strip())
-        returncode = self.process.poll()
-        running = returncode is None or self._reader.is_alive() or not self._lines.empty()
-        if not running and returncode not in (0, None) and not self.error:
-            tail = self.warnings[-1] if self.warnings else f"exit code {returncode}"
-            self.error = f"the radiomics process failed: {tail}"
-        return JobStatus(running, self.fraction, self.message, returncode, self.error)
-
-    def wait(self, timeout: float | None = None, progress: ProgressCallback | None = None):
-        """Block until the job ends (scripts and tests); returns the final status."""
-        import time
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self.poll()
-            if progress is not None:
-                progress(status.fraction, status.message)
-            if not status.running:
-                return status
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                raise TimeoutError(f"radiomics job still running after {timeout} s")
-            time.sleep(0.05)
-
-    def cancel(self) -> None:
-        """Stop the job now (its worker processes too) and remove its files."""
-        if self.process.poll() is None:
-            try:
-                if os.name == "posix":
-                    os.killpg(self.process.pid, 9)
-                else:
-                    self.process.kill()
-            except ProcessLookupError:
-                pass
-            self.process.wait()
-        self.cleanup()
-
-    def cleanup(self) -> None:
-        """Remove the job's folder."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+    label = "radiomics"
 
     def finish(self, table_node=None, diagnostics_node=None, diagnostics: str = "table"):
         """Table node(s) from a finished job: ``(table, diagnostics_or_None)``.
 
         Raises :class:`PrimageInputError` with the job's message when it failed.
         """
-        status = self.poll()
-        if status.running:
-            raise PrimageInputError("the radiomics job is still running")
         try:
-            if status.error or status.returncode != 0:
-                raise PrimageInputError(status.error or f"exit code {status.returncode}")
+            self.finished_status()
             _, rows = read_csv(self.spec["output"], role="job output")
             if self.kind == "robustness":
                 rows = _numeric_rows(rows)
@@ -380,7 +270,7 @@ class RadiomicsJob:
 
 
 def _job_folder() -> Path:
-    return Path(tempfile.mkdtemp(prefix="primage-radiomics-"))
+    return job_folder("radiomics")
 
 
 def _write(image: sitk.Image, path: Path) -> str:

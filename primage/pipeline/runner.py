@@ -135,7 +135,7 @@ def _use_slicer_python() -> None:
     import multiprocessing
     import sys
 
-    from primage.radiomics.jobs import python_executable
+    from primage.jobs import python_executable
 
     if python_executable() != sys.executable:
         multiprocessing.set_executable(python_executable())

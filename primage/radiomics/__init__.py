@@ -10,7 +10,7 @@
 * :mod:`~primage.radiomics.harmonize`: ComBat (neuroCombat) across sites or scanners.
 * :mod:`~primage.radiomics.ibsi`: the IBSI digital phantom against its reference values
   (``scripts/ibsi_compliance.py`` writes ``docs/ibsi-compliance.md``).
-* :mod:`~primage.radiomics.jobs`: runs in a separate process (the Slicer module's GUI).
+* :mod:`~primage.radiomics.jobs`: runners for separate-process jobs (:mod:`primage.jobs`; the Slicer module's GUI).
 * :mod:`~primage.radiomics.tables`: CSV tables that read back bit for bit.
 * :mod:`~primage.radiomics.demo`: the radiomics step of ``make demo``.
 

@@ -352,7 +352,7 @@ def _pool_context():
     ``sys.executable`` may not be a Python interpreter: Slicer's own (PythonSlicer) is
     used then.
     """
-    from primage.radiomics.jobs import python_executable
+    from primage.jobs import python_executable
 
     context = multiprocessing.get_context("spawn")
     if python_executable() != sys.executable:

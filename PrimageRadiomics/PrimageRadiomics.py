@@ -20,15 +20,10 @@ from slicer.util import VTKObservationMixin
 # lazily, inside the Logic, so that loading the module at Slicer start-up stays fast and
 # works before pyradiomics is installed.
 
-# Python packages the module needs that Slicer does not bundle (Resources/requirements.txt
-# pins them): requirement -> module it provides. pyradiomics-bhklab provides `radiomics`;
-# when another extension (SlicerRadiomics) already provides `radiomics`, it is used as is
-# rather than installing a second distribution of the same package.
-REQUIRED_MODULES = {
-    "pyradiomics-bhklab": "radiomics",
-    "neuroCombat": "neuroCombat",
-    "pandas": "pandas",
-}
+# Python packages the module needs that Slicer does not bundle are pinned in
+# Resources/requirements.txt. pyradiomics-bhklab provides `radiomics`; when another extension
+# (SlicerRadiomics) already provides `radiomics`, it is used as is rather than installing a
+# second distribution of the same package (primage.mrml.dependencies checks imports).
 POLL_INTERVAL_MS = 200
 
 #
@@ -426,19 +421,9 @@ class PrimageRadiomicsLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def missingRequirements(requirementsPath) -> list:
         """Requirements of the file whose module cannot be imported (to install)."""
-        import importlib.util
+        from primage.mrml.dependencies import missing_requirements, read_requirements
 
-        missing = []
-        with open(requirementsPath, encoding="utf-8") as stream:
-            for line in stream:
-                requirement = line.split("#", 1)[0].strip()
-                if not requirement:
-                    continue
-                name = requirement.split("=")[0].split("<")[0].split(">")[0].strip()
-                module = REQUIRED_MODULES.get(name, name.replace("-", "_"))
-                if importlib.util.find_spec(module) is None:
-                    missing.append(requirement)
-        return missing
+        return missing_requirements(read_requirements(requirementsPath))
 
     @staticmethod
     def parameterSource(parameterNode) -> tuple:

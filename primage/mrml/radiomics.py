@@ -28,7 +28,11 @@ import slicer
 from primage.errors import PrimageInputError
 from primage.io import write_image
 from primage.mrml.jobs import BackgroundJob, job_folder
-from primage.mrml.segmentations import label_images_from_segmentation
+from primage.mrml.segmentations import (
+    label_images_from_segmentation,
+    segment_id_by_name,
+    segmentations_made_on,
+)
 from primage.mrml.tables import rows_from_table_node, table_node_from_rows
 from primage.mrml.volumes import check_scalar_volume_node, node_label, sitk_from_volume_node
 from primage.progress import ProgressCallback
@@ -45,7 +49,6 @@ from primage.radiomics.robustness import ICC_COLUMNS, Case, robustness
 from primage.radiomics.tables import read_csv, to_float, write_csv
 
 DIAGNOSTICS_MODES = ("table", "columns", "none")
-REFERENCE_ROLE = "referenceImageGeometryRef"
 
 
 # --- regions ------------------------------------------------------------------------------
@@ -343,32 +346,10 @@ def robustness_cases_from_volumes(
     segment ID), ...])`` per volume.
     """
     volume_nodes = _check_volumes(volume_nodes)
-    scene = volume_nodes[0].GetScene()
-    segmentations = [
-        scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
-        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))
-    ]
     cases = []
     for volume_node in volume_nodes:
-        made_on = sorted(
-            (s for s in segmentations if s.GetNodeReference(REFERENCE_ROLE) is volume_node),
-            key=lambda node: node.GetName(),
-        )
-        masks = []
-        for segmentation_node in made_on:
-            segmentation = segmentation_node.GetSegmentation()
-            if segmentation.GetNumberOfSegments() == 0:
-                continue
-            if segment_name:
-                segment_id = segmentation.GetSegmentIdBySegmentName(segment_name)
-                if not segment_id:
-                    raise PrimageInputError(
-                        f"segmentation {node_label(segmentation_node)} (made on "
-                        f"{volume_node.GetName()!r}) has no segment {segment_name!r}"
-                    )
-            else:
-                segment_id = segmentation.GetNthSegmentID(0)
-            masks.append((segmentation_node, segment_id))
+        made_on = segmentations_made_on(volume_node)
+        masks = [(node, segment_id_by_name(node, segment_name)) for node in made_on]
         cases.append((volume_node.GetName(), volume_node, masks))
     return cases
 

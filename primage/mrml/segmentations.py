@@ -400,3 +400,40 @@ def mask_from_node(node, reference_volume_node, segment: str | None = None) -> s
             f"mask {node_label(node)} is empty on the grid of {node_label(reference_volume_node)}"
         )
     return mask
+
+
+#: Node reference role the Segment Editor sets to the volume a segmentation was made on.
+REFERENCE_GEOMETRY_ROLE = "referenceImageGeometryRef"
+
+
+def segmentations_made_on(volume_node) -> list:
+    """Segmentation nodes whose reference geometry is ``volume_node`` (as the Segment Editor
+    sets it) and that hold at least one segment, in name order."""
+    scene = volume_node.GetScene()
+    nodes = [
+        scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))
+    ]
+    made_on = [
+        node
+        for node in nodes
+        if node.GetNodeReference(REFERENCE_GEOMETRY_ROLE) is volume_node
+        and node.GetSegmentation().GetNumberOfSegments() > 0
+    ]
+    return sorted(made_on, key=lambda node: node.GetName())
+
+
+def segment_id_by_name(segmentation_node, segment_name: str | None = None) -> str:
+    """ID of the segment called ``segment_name`` (default: the first segment); a missing
+    segment is refused naming the segmentation."""
+    segmentation = segmentation_node.GetSegmentation()
+    if not segment_name:
+        if segmentation.GetNumberOfSegments() == 0:
+            raise PrimageInputError(f"segmentation {node_label(segmentation_node)} is empty")
+        return segmentation.GetNthSegmentID(0)
+    segment_id = segmentation.GetSegmentIdBySegmentName(segment_name)
+    if not segment_id:
+        raise PrimageInputError(
+            f"segmentation {node_label(segmentation_node)} has no segment {segment_name!r}"
+        )
+    return segment_id

@@ -679,6 +679,66 @@ def segmentation_scenario(scene) -> object:
     return table
 
 
+def segmentation_jobs_scenario(scene, folder) -> object:
+    """Train and auto-segment in separate processes, as the module's Train and Auto-segment
+    sections run them (needs torch and MONAI).
+
+    Three blob volumes, each with a segmentation made on it (reference geometry = the volume,
+    as the Segment Editor sets it), give the training pairs; a short training reports one
+    event per epoch, which fill a loss/Dice chart; the model folder (under ``folder``) then
+    segments the first volume into a segmentation with a segment named "tumour" and the
+    model's checksum. Returns the segmentation node.
+    """
+    from pathlib import Path
+
+    from primage.mrml.segmentation_models import (
+        TRAINING_CHART_TITLE,
+        start_segmentation_job,
+        start_training_job,
+        training_options,
+        training_pairs_from_volumes,
+    )
+    from primage.segmentation.blobs import blob_case
+
+    volumes = []
+    for seed in (0, 1, 2):
+        image, mask = blob_case(seed, shape=(24, 24, 24))
+        volume = volume_node_from_sitk(image, scene, name=f"training T2w {seed}")
+        segmentation = segmentation_from_label_image(
+            mask, scene, {1: "tumour"}, reference_volume_node=volume, name=f"tumour {seed}"
+        )
+        _check(
+            segmentation.GetNodeReference("referenceImageGeometryRef") is volume,
+            "the segmentation does not name its volume",
+        )
+        volumes.append(volume)
+    pairs = training_pairs_from_volumes(volumes, "tumour")
+    _check([p[0] for p in pairs] == volumes, "training pairs are not the checked volumes")
+    options = training_options(epochs=3, iterations_per_epoch=3, patch_size=(16, 16, 16))
+    model_folder = Path(folder) / "model"
+    job = start_training_job(pairs, model_folder, options=options)
+    status = job.wait(timeout=600)
+    _check(not status.error, f"training failed: {status.error}")
+    chart = job.update_chart()
+    config = job.finish()
+    epochs = [e["epoch"] for e in job.events if e.get("type") == "epoch"]
+    _check(epochs == [1, 2, 3], f"epoch events {epochs}")
+    _check(chart is not None and chart.GetTitle() == TRAINING_CHART_TITLE, "no training chart")
+    _check(chart.GetNumberOfPlotSeriesNodes() == 2, "the chart should show loss and Dice")
+    job = start_segmentation_job(model_folder, [volumes[0]], postprocess="largest")
+    status = job.wait(timeout=600)
+    _check(not status.error, f"segmentation failed: {status.error}")
+    node = job.finish(name="auto")
+    segmentation = node.GetSegmentation()
+    names = [
+        segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())
+    ]
+    _check(names == ["tumour"], f"segment names {names}")
+    checksum = json.loads(node.GetAttribute("primage.model.weights_sha256"))
+    _check(checksum == config["weights_sha256"], "the model checksum is not on the node")
+    return node
+
+
 def pipeline_scenario(scene) -> object:
     """The "process this case" action on scene nodes: a small digital patient (T2w volume, DWI and DCE
     sequence nodes, tumour segmentation) through the whole chain; every result is a node.

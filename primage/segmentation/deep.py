@@ -29,6 +29,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -360,7 +361,8 @@ def _split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def _check_model_output(folder: Path, resume: bool) -> None:
+def check_model_output(folder: Path, resume: bool) -> None:
+    """Refuse an output model folder that is a file, or not empty without resume."""
     if folder.exists() and not folder.is_dir():
         raise PrimageInputError(f"output {folder} exists and is not a folder")
     if folder.is_dir() and any(folder.iterdir()):
@@ -380,12 +382,15 @@ def train(
     device: str = "cpu",
     resume: bool = False,
     progress: ProgressCallback | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train a DynUNet on (image, mask) pairs (paths or SimpleITK images); writes the model
     folder; returns its config.
 
     All input is read and checked before the folder is created. With ``resume`` an
     interrupted run continues from ``checkpoint_latest.pth`` (same pairs and options).
+    ``on_epoch`` receives each epoch's log row (epoch, loss, validation_dice,
+    learning_rate, seconds) once its checkpoint is written, for live plots.
     """
     torch = require_torch()
     from monai.losses import DiceCELoss
@@ -393,7 +398,7 @@ def train(
     options = options or TrainOptions()
     progress = progress or no_progress
     folder = Path(output)
-    _check_model_output(folder, resume)
+    check_model_output(folder, resume)
     torch_device = resolve_device(device)
     if options.epochs < 1 or options.iterations_per_epoch < 1 or options.batch_size < 1:
         raise PrimageInputError("epochs, iterations per epoch and batch size must be >= 1")
@@ -511,6 +516,8 @@ def train(
             buffer,
         )
         _write_bytes(buffer.getvalue(), folder / CHECKPOINT_FILE)
+        if on_epoch is not None:
+            on_epoch(dict(row))
 
     buffer = io.BytesIO()
     torch.save(network.state_dict(), buffer)
@@ -588,6 +595,16 @@ class LoadedModel:
 
     def predict(self, images: list[sitk.Image], progress=None) -> sitk.Image:
         return predict(self, images, progress)  # the module-level function
+
+    @property
+    def feature_weights_sha256(self) -> str:
+        return self.config["weights_sha256"]
+
+    def feature_names(self) -> list[str]:
+        return deep_feature_names(self)
+
+    def deep_features(self, images: list[sitk.Image], mask: sitk.Image) -> dict:
+        return deep_features(self, images, mask)  # the module-level function
 
     def provenance(self) -> dict:
         return {
@@ -700,18 +717,48 @@ def predict(
 
 
 # --------------------------------------------------------------------------- deep features
-def deep_feature_names(model: LoadedModel) -> list[str]:
-    width = int(model.config["network"]["filters"][-1])
+def bottleneck_feature_names(width: int) -> list[str]:
+    """Deep-feature columns for a bottleneck of ``width`` channels (mean, then max)."""
     return [f"deep_bottleneck_{stat}_{i:03d}" for stat in ("mean", "max") for i in range(width)]
 
 
-def deep_features(model: LoadedModel, images: list[sitk.Image], mask: sitk.Image) -> dict:
-    """Bottleneck activations of the encoder pooled (mean, max) inside the mask.
+def deep_feature_names(model: LoadedModel) -> list[str]:
+    return bottleneck_feature_names(int(model.config["network"]["filters"][-1]))
 
-    The mask (any non-zero voxel) is carried to the bottleneck grid by average pooling; cells
-    at least half inside count. A tumour too small for any such cell falls back to its
-    bounding box (``deep_pooling_region`` says which was used).
+
+def pool_in_mask(features, mask: np.ndarray, names: list[str]) -> dict:
+    """Pool bottleneck ``features`` (torch, channels x z x y x) inside ``mask`` (z, y, x on
+    the network input's grid, a multiple of the bottleneck's).
+
+    The mask is carried to the bottleneck grid by average pooling; cells at least half inside
+    count. A tumour too small for any such cell falls back to the bounding box of the cells
+    it touches (``deep_pooling_region`` says which was used).
     """
+    import torch
+
+    m = torch.as_tensor(np.asarray(mask, np.float32)[None, None], device=features.device)
+    m = torch.nn.functional.adaptive_avg_pool3d(m, features.shape[1:])[0, 0]
+    region, inside = "mask", m >= 0.5
+    if not bool(inside.any()):
+        touched = torch.nonzero(m > 0)
+        lo, hi = touched.min(dim=0).values, touched.max(dim=0).values + 1
+        inside = torch.zeros_like(inside)
+        inside[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = True
+        region = "mask bounding box"
+    values = features[:, inside].cpu().numpy()
+    width = values.shape[0]
+    row = dict(zip(names[:width], values.mean(axis=1).tolist(), strict=True))
+    row.update(zip(names[width:], values.max(axis=1).tolist(), strict=True))
+    return {
+        "deep_pooling_region": region,
+        "deep_bottleneck_voxels": int(values.shape[1]),
+        **{k: round(float(v), 7) for k, v in row.items()},
+    }
+
+
+def deep_features(model: LoadedModel, images: list[sitk.Image], mask: sitk.Image) -> dict:
+    """Bottleneck activations of the encoder pooled (mean, max) inside the mask
+    (:func:`pool_in_mask`), on the whole volume padded to the network's total stride."""
     import torch
 
     if not same_geometry(images[0], mask):
@@ -741,20 +788,4 @@ def deep_features(model: LoadedModel, images: list[sitk.Image], mask: sitk.Image
         for block in network.downsamples:
             x = block(x)
         x = network.bottleneck(x)[0]  # (features, z, y, x)
-        m = torch.as_tensor(padded_mask[None, None], device=model.device)
-        m = torch.nn.functional.adaptive_avg_pool3d(m, x.shape[1:])[0, 0]
-        region = "mask"
-        inside = m >= 0.5
-        if not bool(inside.any()):
-            region = "mask bounding box"
-            inside = m > 0
-        values = x[:, inside].cpu().numpy()
-    names = deep_feature_names(model)
-    width = values.shape[0]
-    row = dict(zip(names[:width], values.mean(axis=1).tolist(), strict=True))
-    row.update(zip(names[width:], values.max(axis=1).tolist(), strict=True))
-    return {
-        "deep_pooling_region": region,
-        "deep_bottleneck_voxels": int(values.shape[1]),
-        **{k: round(float(v), 7) for k, v in row.items()},
-    }
+        return pool_in_mask(x, padded_mask, deep_feature_names(model))

@@ -42,6 +42,10 @@ Oblique directions: with an orthonormal direction matrix, distances between inde
 scaled by the spacing are physical distances, so only the spacing enters. A mask that
 touches the image border has its surface there (outside the image counts as outside).
 
+:func:`signed_surface_distances` measures physical points (e.g. the vertices of the test
+segment's surface) against the same ``"subvoxel"`` surface of a reference mask, with a sign:
+negative inside the reference, positive outside (for surface-distance colour maps).
+
 Empty masks never raise in :func:`compare_masks`: a metric that cannot be defined is NaN and
 a sentence in ``notes`` says why (e.g. no reference surface, so no surface distance).
 """
@@ -129,15 +133,19 @@ def check_same_grid(reference: sitk.Image, test: sitk.Image, *, names=("referenc
 # --- surfaces --------------------------------------------------------------------------
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Slices of the bounding box of a boolean mask's voxels (empty slices if none)."""
+    slices = []
+    for axis in range(mask.ndim):
+        other = tuple(i for i in range(mask.ndim) if i != axis)
+        hits = np.flatnonzero(np.any(mask, axis=other))
+        slices.append(slice(hits[0], hits[-1] + 1) if hits.size else slice(0, 0))
+    return tuple(slices)
+
+
 def _crop_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both masks cropped to the bounding box of their union, padded by one empty voxel."""
-    union = a | b
-    slices = []
-    for axis in range(union.ndim):
-        other = tuple(i for i in range(union.ndim) if i != axis)
-        hits = np.flatnonzero(np.any(union, axis=other))
-        slices.append(slice(hits[0], hits[-1] + 1) if hits.size else slice(0, 0))
-    box = tuple(slices)
+    box = _bounding_box(a | b)
     return np.pad(a[box], 1), np.pad(b[box], 1)
 
 
@@ -193,11 +201,22 @@ def _subvoxel_points(
     normal's component along the edge (normal from the smoothed mask's gradient), so that
     the areas of a plane add up to its area whatever its orientation.
     """
+    points, areas, _ = _subvoxel_surface(padded, spacing_zyx, sigma_mm)
+    return points, areas
+
+
+def _subvoxel_surface(
+    padded: np.ndarray, spacing_zyx: Sequence[float], sigma_mm: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_subvoxel_points` plus each point's smoothed-mask gradient (1/mm, zyx).
+
+    The gradient points into the mask (the smoothed mask grows inwards).
+    """
     spacing = np.asarray(spacing_zyx, float)
     smooth = ndimage.gaussian_filter(
         padded.astype(np.float32), sigma=sigma_mm / spacing, mode="constant", truncate=3.0
     )
-    points, areas = [], []
+    points, areas, gradients = [], [], []
     for axis in range(padded.ndim):
         low = [slice(None)] * padded.ndim
         high = [slice(None)] * padded.ndim
@@ -234,13 +253,19 @@ def _subvoxel_points(
         coordinates[:, axis] += t
         points.append(coordinates * spacing)
         areas.append(face * component.astype(np.float64))
-    return np.concatenate(points), np.concatenate(areas)
+        gradients.append(gradient.astype(np.float64))
+    return np.concatenate(points), np.concatenate(areas), np.concatenate(gradients)
+
+
+def _subvoxel_sigma_and_pad(spacing_zyx, sigma_mm) -> tuple[float, int]:
+    """Smoothing sigma (mm; default half the largest spacing) and the padding (voxels) it needs."""
+    sigma_mm = 0.5 * max(spacing_zyx) if sigma_mm is None else float(sigma_mm)
+    # Room for the smoothing kernel (3 sigma) and the central differences around the crop.
+    return sigma_mm, int(np.ceil(3.0 * sigma_mm / min(spacing_zyx))) + 2
 
 
 def _subvoxel_distances(a, b, spacing_zyx, sigma_mm):
-    sigma_mm = 0.5 * max(spacing_zyx) if sigma_mm is None else float(sigma_mm)
-    # Room for the smoothing kernel (3 sigma) and the central differences around the crop.
-    pad = int(np.ceil(3.0 * sigma_mm / min(spacing_zyx))) + 2
+    sigma_mm, pad = _subvoxel_sigma_and_pad(spacing_zyx, sigma_mm)
     pa, pb = (np.pad(m, pad) for m in _crop_pair(a, b))
     points_a, area_a = _subvoxel_points(pa, spacing_zyx, sigma_mm)
     points_b, area_b = _subvoxel_points(pb, spacing_zyx, sigma_mm)
@@ -316,6 +341,56 @@ def weighted_percentile(distances: np.ndarray, weights: np.ndarray, percent: flo
     cumulative /= cumulative[-1]
     index = min(int(np.searchsorted(cumulative, percent / 100.0)), distances.size - 1)
     return float(distances[order][index])
+
+
+def signed_surface_distances(
+    reference: sitk.Image, points: np.ndarray, *, sigma_mm: float | None = None
+) -> np.ndarray:
+    """Signed distance (mm) from physical points to the surface of a 3D reference mask.
+
+    ``points``: shape (N, 3), physical LPS coordinates in mm (as ITK uses); every non-zero
+    voxel of ``reference`` is inside (any spacing, orthonormal direction). The surface is
+    the default ``"subvoxel"`` point set of :func:`surface_distances` (same ``sigma_mm``)
+    and the magnitude is the distance to its nearest point, as in the metrics. The sign is
+    the side of that point's tangent plane (normal from the smoothed mask's gradient):
+    negative inside the reference, positive outside. An empty reference is refused.
+    """
+    mask = label_array(reference, role="reference mask") > 0
+    if mask.ndim != 3:
+        raise PrimageInputError(f"reference mask is {mask.ndim}D; a 3D mask is expected")
+    points = np.asarray(points, dtype=float)
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise PrimageInputError(f"points must have shape (N, 3) in mm, got {points.shape}")
+    if not np.all(np.isfinite(points)):
+        raise PrimageInputError("points have NaN or infinite coordinates")
+    if not mask.any():
+        raise PrimageInputError(
+            "reference mask is empty (no non-zero voxel): there is no surface to measure to"
+        )
+    if len(points) == 0:
+        return np.zeros(0)
+    spacing_zyx = np.array(reference.GetSpacing()[::-1], dtype=float)
+    sigma_mm, pad = _subvoxel_sigma_and_pad(spacing_zyx, sigma_mm)
+    box = _bounding_box(mask)
+    surface, _, inward = _subvoxel_surface(np.pad(mask[box], pad), spacing_zyx, sigma_mm)
+    # Points as continuous voxel indices (z, y, x), then in the crop's mm frame.
+    direction = np.reshape(reference.GetDirection(), (3, 3))
+    offset = points - np.asarray(reference.GetOrigin())
+    index_zyx = ((offset @ direction) / np.asarray(reference.GetSpacing()))[:, ::-1]
+    first_zyx = np.array([part.start for part in box]) - pad
+    local = (index_zyx - first_zyx) * spacing_zyx
+    tree = cKDTree(surface, leafsize=32, balanced_tree=False, compact_nodes=False)
+    distance, nearest = tree.query(local, workers=-1)
+    along = np.einsum("ij,ij->i", local - surface[nearest], inward[nearest])
+    inside = along > 0
+    # On the tangent plane itself (or a flat gradient): the nearest voxel decides.
+    undecided = (along == 0) & (distance > 0)
+    if undecided.any():
+        voxel = np.round(index_zyx[undecided]).astype(int)
+        within = np.all((voxel >= 0) & (voxel < mask.shape), axis=1)
+        voxel = np.clip(voxel, 0, np.array(mask.shape) - 1)
+        inside[undecided] = within & mask[tuple(voxel.T)]
+    return np.where(inside, -distance, distance)
 
 
 # --- one pair of binary masks ----------------------------------------------------------

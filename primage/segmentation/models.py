@@ -55,3 +55,18 @@ def load_model(folder: str | os.PathLike, device: str = "cpu", folds=None, mirro
     if check_model(folder, folds) == "primage":
         return deep.load_model(folder, device=device)
     return nnunet_model.load_nnunet(folder, device=device, folds=folds, mirroring=mirroring)
+
+
+def model_channel_names(folder: str | os.PathLike, folds=None) -> list[str]:
+    """The input channels a model folder expects, in order (no torch needed)."""
+    import json
+
+    from primage.segmentation.deep import CONFIG_FILE
+
+    folder = Path(folder)
+    if check_model(folder, folds) == "primage":
+        channels = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))["channel_names"]
+    else:
+        dataset = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+        channels = dataset.get("channel_names", dataset.get("modality"))
+    return [str(channels[key]) for key in sorted(channels, key=int)]

@@ -7,7 +7,9 @@
   [--device ...] [--postprocess largest,fill] [--folds 0 1] [--no-mirroring]``: a primage or
   an nnU-Net v2 model folder (``nnunet`` extra); label image on the first input's grid and
   a sidecar ``SEG.json`` with the model's checksums and versions.
-- ``deep-features --model MODEL_DIR --image IMG --mask MASK --output FEATURES.csv``.
+- ``deep-features --model MODEL_DIR --image IMG --mask MASK --output FEATURES.csv
+  [--fold K]``: a primage or an nnU-Net v2 model folder (the encoder of one fold: the
+  lowest, or ``--fold``); one CSV row.
 - ``export-nnunet --pairs PAIRS.csv --dataset-id N --name NAME --output DIR`` (no torch).
 
 PAIRS.csv: header ``image,mask``, one pair per line, paths relative to the CSV allowed.
@@ -89,7 +91,9 @@ def register_deep(actions) -> None:
         "deep-features",
         help="encoder bottleneck activations pooled (mean, max) inside a mask, as CSV",
         description="One CSV row: case, checksums, pooling region and deep_bottleneck_mean_NNN "
-        "/ deep_bottleneck_max_NNN columns (stable names from the model's bottleneck width).",
+        "/ deep_bottleneck_max_NNN columns (stable names from the model's bottleneck width). "
+        "primage folders: the whole volume; nnU-Net v2 folders: nnU-Net's preprocessing and "
+        "one fold's encoder on a patch-sized window around the mask.",
     )
     features.add_argument("--model", "-m", required=True, help="model folder")
     features.add_argument("--image", "-i", action="append", required=True, help="channel image")
@@ -97,6 +101,9 @@ def register_deep(actions) -> None:
     features.add_argument("--output", "-o", required=True, help="features CSV")
     features.add_argument("--case", help="case id in the row (default: image file name)")
     features.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    features.add_argument(
+        "--fold", help="nnU-Net: the fold whose encoder is used (default: the lowest present)"
+    )
     features.set_defaults(handler=run_deep_features)
 
     export = actions.add_parser(
@@ -197,22 +204,28 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_deep_features(args: argparse.Namespace) -> int:
     """Handler of ``primage segment deep-features``."""
-    from primage.segmentation.deep import check_model_folder, deep_features, load_model
+    from primage.segmentation.models import check_model, load_model, model_kind
+    from primage.segmentation.nnunet_model import available_folds
 
     output = Path(args.output)
     if output.suffix.lower() != ".csv":
         raise PrimageInputError(f"output {output} must be a .csv file")
     check_outputs_not_inputs([output], [*args.image, args.mask])
-    check_model_folder(args.model)
+    folds = None
+    if model_kind(args.model) == "nnunet":
+        folds = [args.fold] if args.fold is not None else available_folds(Path(args.model))[:1]
+    elif args.fold is not None:
+        raise PrimageInputError("--fold applies to nnU-Net model folders only")
+    check_model(args.model, folds)
     images = [read_image(p, role=f"image {i + 1}") for i, p in enumerate(args.image)]
     mask = read_image(args.mask, role="mask")
-    model = load_model(args.model, device=args.device)
-    features = deep_features(model, images, mask)
+    model = load_model(args.model, device=args.device, folds=folds)
+    features = model.deep_features(images, mask)
     row = {
         "case": args.case or image_stem(args.image[0]),
         "image": str(Path(args.image[0]).resolve()),
         "mask": str(Path(args.mask).resolve()),
-        "model_weights_sha256": model.config["weights_sha256"],
+        "model_weights_sha256": model.feature_weights_sha256,
         "primage_version": __version__,
         **features,
     }

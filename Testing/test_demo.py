@@ -50,15 +50,14 @@ def test_demo_figures_agree_with_the_ground_truth(demo):
     )
     assert ct["liver_hu_final"] == pytest.approx(ct["liver_hu_truth"], abs=2.0)
     assert ct["output_spacing_mm"] == [1.0, 1.0, 1.0]
-    # ~100 s on a busy 2-core machine, ~28 s of it training the segmentation model.
-    assert summary["seconds_total"] < 150
+    # Speed is a benchmark matter (README: ~70-100 s here), not asserted in tests.
+    assert summary["seconds_total"] > 0
 
 
 def test_demo_segments_the_tumour_with_a_model_trained_on_generated_patients(demo):
     """The segmentation section's default settings: a DynUNet trained on 4 generated patients
     (not the demo patient) finds the demo patient's tumour."""
-    pytest.importorskip("torch")
-    pytest.importorskip("monai")
+    # torch and MONAI are part of the test install (make test): missing them is a failure.
     from primage.segmentation.demo import TRAINING_SEEDS
 
     out = demo / "segmentation"
@@ -74,7 +73,7 @@ def test_demo_segments_the_tumour_with_a_model_trained_on_generated_patients(dem
     assert abs(truth["volume_difference_percent"]) < 25.0, truth  # +11.6 %
     # Keeping the largest component removes the network's false positives (kidneys).
     assert truth["dice"] > model["versus_truth_raw"]["dice"]
-    assert model["seconds_total"] < 90  # ~28 s on a 2-core machine
+    assert model["seconds_total"] > 0  # ~28 s on a 2-core machine (not a timed test)
 
     for name in ("config.json", "model.pth", "training_log.csv"):
         assert (out / "model" / name).is_file()

@@ -12,7 +12,8 @@ It writes its results to the paths the specification names. Killing the process 
 the job (the caller starts it in its own process group, so its worker processes go too).
 
 The specification's ``kind`` picks the runner in :data:`RUNNERS`; each capability keeps
-its runners next to its engine (``primage.radiomics.jobs``, ``primage.segmentation.jobs``).
+its runners next to its engine (``primage.radiomics.jobs``, ``primage.segmentation.jobs``,
+``primage.pipeline.jobs``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from primage.errors import PrimageInputError
 #: Job kind -> "module:function" taking the specification dict.
 RUNNERS = {
     "extract": "primage.radiomics.jobs:run_extract",
+    "pipeline_case": "primage.pipeline.jobs:run_case_spec",
     "robustness": "primage.radiomics.jobs:run_robustness",
     "segment": "primage.segmentation.jobs:run_segment",
     "train": "primage.segmentation.jobs:run_train",

@@ -9,11 +9,17 @@ transforms (with their QC as node attributes), the tumour segmentation, the kine
 the Fit-Cluster-Fit habitats, a registration QC table and a features table. With an
 ``output_folder`` the case outputs are kept there and a second run reuses what is up to
 date; without one they go to a temporary folder that is removed afterwards.
+
+:func:`start_case_job` runs the same chain in a separate process (job kind
+``pipeline_case``, :mod:`primage.pipeline.jobs`) so that a GUI stays responsive: the nodes
+are exported here, the job reports progress and can be cancelled, and
+:meth:`CaseJob.finish` imports the results as the same nodes.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +30,7 @@ import SimpleITK as sitk
 
 from primage.errors import PrimageInputError
 from primage.io import read_image, series_to_volumes, write_image, write_text
+from primage.mrml.jobs import BackgroundJob, job_folder
 from primage.mrml.kinetics import HABITAT_COLORS, _add_maps, series_from_node
 from primage.mrml.registration import QC_ATTRIBUTE
 from primage.mrml.segmentations import mask_from_node, segmentation_from_label_image
@@ -81,6 +88,43 @@ def _numbers(row: Mapping[str, str]) -> dict[str, Any]:
     return result
 
 
+def _prepare(
+    volume_nodes: Mapping[str, Any], config: str | Path | dict | None, case_name: str
+) -> tuple[dict, dict[str, Any], Any]:
+    """Check the input before anything is written: the validated configuration, the selected
+    nodes by role and the scene (raises :class:`PrimageInputError`)."""
+    from primage.pipeline.cohort import check_case_id
+    from primage.pipeline.config import load_config, validate_config
+
+    config = validate_config(config) if isinstance(config, dict) else load_config(config)
+    check_case_id(case_name)
+    reference = config["reference"]
+    volume_nodes = {role: node for role, node in volume_nodes.items() if node is not None}
+    if reference not in volume_nodes:
+        raise PrimageInputError(
+            f"select the reference volume ({reference}): every other series is registered onto it"
+        )
+    scene = volume_nodes[reference].GetScene()
+    if scene is None:
+        raise PrimageInputError(f"{node_label(volume_nodes[reference])} is not in a scene")
+    return config, volume_nodes, scene
+
+
+def _export_case(
+    volume_nodes: Mapping[str, Any],
+    tumour_node,
+    tumour_segment,
+    config: dict,
+    work: Path,
+    name: str,
+) -> Path:
+    """Write the nodes as the case folder ``work/input/<name>``; returns it."""
+    case_folder = work / "input" / name
+    reference_node = volume_nodes[config["reference"]]
+    _export(volume_nodes, reference_node, tumour_node, tumour_segment, case_folder)
+    return case_folder
+
+
 def process_case_nodes(
     volume_nodes: Mapping[str, Any],
     tumour_node=None,
@@ -91,7 +135,8 @@ def process_case_nodes(
     output_folder: str | Path | None = None,
     progress: ProgressCallback | None = None,
 ) -> PipelineNodes:
-    """Run the configured chain on one case's nodes; every result becomes a node.
+    """Run the configured chain on one case's nodes, in this process; every result becomes a
+    node (:func:`start_case_job` runs the same in a separate process).
 
     ``volume_nodes`` maps roles (``t2w``, ``t1w``, ``ct``, ``pet``: scalar volumes;
     ``dwi``, ``dce``: sequence or diffusion-weighted volume nodes) to nodes; the
@@ -100,36 +145,88 @@ def process_case_nodes(
     YAML file, a dict or None (defaults). Raises :class:`PrimageInputError` with the failed
     step's message when the case fails; no node is added then.
     """
-    from primage.pipeline.case import run_case
-    from primage.pipeline.cohort import read_case
-    from primage.pipeline.config import load_config, validate_config
+    from primage.pipeline.jobs import run_case_folder
 
-    config = validate_config(config) if isinstance(config, dict) else load_config(config)
-    reference = config["reference"]
-    volume_nodes = {role: node for role, node in volume_nodes.items() if node is not None}
-    if reference not in volume_nodes:
-        raise PrimageInputError(
-            f"select the reference volume ({reference}): every other series is registered onto it"
-        )
-    reference_node = volume_nodes[reference]
-    scene = reference_node.GetScene()
-    if scene is None:
-        raise PrimageInputError(f"{node_label(reference_node)} is not in a scene")
+    config, volume_nodes, scene = _prepare(volume_nodes, config, case_name)
     temporary = None
     if output_folder is None:
         temporary = tempfile.TemporaryDirectory(prefix="primage-case-")
         output_folder = temporary.name
     try:
         work = Path(output_folder)
-        case_folder = work / "input" / case_name
-        _export(volume_nodes, reference_node, tumour_node, tumour_segment, case_folder)
-        summary = run_case(read_case(case_folder), config, work / "output", progress=progress)
-        if summary["status"] == "failed":
-            raise PrimageInputError(f"{summary['failed_step']} failed: {summary['message']}")
+        case_folder = _export_case(
+            volume_nodes, tumour_node, tumour_segment, config, work, case_name
+        )
+        summary = run_case_folder(case_folder, config, work / "output", progress=progress)
         return _import(scene, work / "output" / case_name, case_folder, summary, config, case_name)
     finally:
         if temporary is not None:
             temporary.cleanup()
+
+
+class CaseJob(BackgroundJob):
+    """The "process this case" job in a separate process; :meth:`finish` imports the results
+    as nodes (the same :class:`PipelineNodes` as :func:`process_case_nodes`)."""
+
+    label = "pipeline"
+
+    def __init__(self, folder: Path, spec: dict[str, Any], scene, name: str):
+        super().__init__("pipeline_case", folder, spec, scene)
+        self.name = name
+
+    def finish(self) -> PipelineNodes:
+        """The result nodes of a finished job (raises with the job's message when it failed,
+        e.g. "segment failed: ..."; no node is added then). The job's temporary folder is
+        removed; an ``output_folder`` given to :func:`start_case_job` is kept."""
+        try:
+            self.finished_status()
+            summary = json.loads(Path(self.spec["summary_output"]).read_text(encoding="utf-8"))
+            return _import(
+                self.scene,
+                Path(self.spec["output"]) / self.name,
+                Path(self.spec["case_folder"]),
+                summary,
+                self.spec["config"],
+                self.name,
+            )
+        finally:
+            self.cleanup()
+
+
+def start_case_job(
+    volume_nodes: Mapping[str, Any],
+    tumour_node=None,
+    *,
+    tumour_segment: str | None = None,
+    config: str | Path | dict | None = None,
+    case_name: str = "case",
+    output_folder: str | Path | None = None,
+) -> CaseJob:
+    """Start "process this case" in a separate process (arguments as :func:`process_case_nodes`).
+
+    The input is checked and the nodes are exported here, so bad input is refused at once,
+    before any process starts; poll, wait for or cancel the returned job and take the nodes
+    from :meth:`CaseJob.finish`. The job's files live in a temporary folder, removed by
+    ``finish`` and ``cancel``; with an ``output_folder`` the case folder and outputs go there
+    instead and are kept (a second run reuses what is up to date).
+    """
+    config, volume_nodes, scene = _prepare(volume_nodes, config, case_name)
+    folder = job_folder("case")
+    try:
+        work = folder if output_folder is None else Path(output_folder)
+        case_folder = _export_case(
+            volume_nodes, tumour_node, tumour_segment, config, work, case_name
+        )
+        spec = {
+            "case_folder": str(case_folder.resolve()),
+            "config": config,
+            "output": str((work / "output").resolve()),
+            "summary_output": str(folder / "summary.json"),
+        }
+        return CaseJob(folder, spec, scene, case_name)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _import(

@@ -739,16 +739,18 @@ def segmentation_jobs_scenario(scene, folder) -> object:
     return node
 
 
-def pipeline_scenario(scene) -> object:
+def pipeline_scenario(scene, background: bool = False) -> object:
     """The "process this case" action on scene nodes: a small digital patient (T2w volume, DWI and DCE
     sequence nodes, tumour segmentation) through the whole chain; every result is a node.
+    With ``background`` the chain runs as the module runs it, in a separate process
+    (``start_case_job``, waited for, then ``finish``); the checks are the same.
 
     Checks: the registered DWI is a sequence of the same b-values on the T2w grid, the
     tumour segmentation and the ADC map exist, the tumour's median ADC is near the truth
     (0.8e-3 mm^2/s), the features table has one row per measured image, the QC table one
     row per series, and the input nodes are unchanged. Returns the :class:`PipelineNodes`.
     """
-    from primage.mrml.pipeline import process_case_nodes
+    from primage.mrml.pipeline import process_case_nodes, start_case_job
     from primage.mrml.sequences import (
         VolumeSeries,
         sequence_node_from_series,
@@ -771,9 +773,16 @@ def pipeline_scenario(scene) -> object:
         "preprocess": {"presets": {"t2w": "t2w", "dwi": "dwi"}},
         "radiomics": {"images": ["t2w", "adc"]},
     }
-    nodes = process_case_nodes(
-        {"t2w": t2w, "dwi": dwi, "dce": dce}, tumour, config=config, case_name="patient"
-    )
+    volumes = {"t2w": t2w, "dwi": dwi, "dce": dce}
+    if background:
+        job = start_case_job(volumes, tumour, config=config, case_name="patient")
+        seen = []
+        job.wait(timeout=600, progress=lambda fraction, message: seen.append(fraction))
+        nodes = job.finish()  # raises with the job's message when it failed
+        _check(any(0 < f < 1 for f in seen), "the job reported no progress")
+        _check(not job.folder.exists(), "the job's temporary folder was not removed")
+    else:
+        nodes = process_case_nodes(volumes, tumour, config=config, case_name="patient")
     _check(nodes.summary["status"] in ("ok", "review"), f"case failed: {nodes.summary['message']}")
     registered = series_from_sequence_node(nodes.sequences["dwi"])
     _check(np.allclose(registered.values, patient.b_values), "registered DWI lost its b-values")

@@ -128,15 +128,20 @@ def _read_case_json(case: Case) -> None:
             case.metadata[key] = value
 
 
-def read_case(folder: str | os.PathLike, case_id: str | None = None) -> Case:
-    """Collect a case folder's files by role (no image is read here)."""
-    folder = Path(folder)
-    case_id = case_id or folder.name
+def check_case_id(case_id: str) -> str:
+    """The case identifier, refused unless it is a safe folder name."""
     if not _CASE_ID.match(case_id):
         raise PrimageInputError(
             f"case identifier {case_id!r} must be letters, digits, '.', '_' or '-' (it names "
             "the output folder)"
         )
+    return case_id
+
+
+def read_case(folder: str | os.PathLike, case_id: str | None = None) -> Case:
+    """Collect a case folder's files by role (no image is read here)."""
+    folder = Path(folder)
+    case_id = check_case_id(case_id or folder.name)
     case = Case(case_id, folder)
     if not folder.is_dir():
         case.problems.append(f"case folder does not exist: {folder}")

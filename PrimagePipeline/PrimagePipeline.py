@@ -20,10 +20,13 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-# This file stays thin: the Widget binds the .ui to the parameter node, the Logic reads the
-# parameter node and calls the MRML layer (primage.mrml.pipeline), which runs the cohort
-# pipeline's chain (primage.pipeline) on this one case. The engine is imported lazily,
-# inside the Logic, so that loading the module at Slicer start-up stays fast.
+# This file stays thin: the Widget binds the .ui to the parameter node and polls the
+# background job; the Logic reads the parameter node and calls the MRML layer
+# (primage.mrml.pipeline), which runs the cohort pipeline's chain (primage.pipeline) on this
+# one case, in a separate process for the GUI. The engine is imported lazily, inside the
+# Logic and the job process, so that loading the module at Slicer start-up stays fast.
+
+POLL_INTERVAL_MS = 250
 
 #
 # PrimagePipeline
@@ -108,6 +111,8 @@ class PrimagePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._job = None
+        self._timer = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -117,14 +122,26 @@ class PrimagePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = PrimagePipelineLogic()
+        # The job is polled from the GUI thread: the chain itself runs in another process.
+        import qt
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self._pollJob)
         self.ui.progressBar.hide()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
+        if self._job is not None:
+            self._job.cancel()
+            self._job = None
+        if self._timer is not None:
+            self._timer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -142,6 +159,8 @@ class PrimagePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
+        # A running job would add its results to the scene being closed: stop it.
+        self.onCancelButton()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -168,7 +187,11 @@ class PrimagePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         node = self._parameterNode
-        if not node or not any(
+        self.ui.cancelButton.enabled = self._job is not None
+        if self._job is not None:
+            self.ui.applyButton.toolTip = _("The case is being processed")
+            self.ui.applyButton.enabled = False
+        elif not node or not any(
             [node.t2wVolume, node.t1wVolume, node.ctVolume, node.dwiNode, node.dceNode]
         ):
             self.ui.applyButton.toolTip = _("Select the volumes of the case")
@@ -178,28 +201,48 @@ class PrimagePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.enabled = True
 
     def onApplyButton(self) -> None:
-        """Run the chain when the user clicks "Process this case"."""
+        """Start the chain in a separate process when the user clicks "Process this case"."""
         with slicer.util.tryWithErrorDisplay(_("Failed to process the case."), waitCursor=True):
-            self.ui.applyButton.enabled = False
+            self._job = self.logic.startCase(self._parameterNode)
             self.ui.progressBar.value = 0
+            self.ui.progressBar.format = _("starting") + " (%p%)"
             self.ui.progressBar.show()
-            try:
-                result = self.logic.processParameterNode(
-                    self._parameterNode, progress=self._showProgress
-                )
-            finally:
-                self.ui.progressBar.hide()
-                self._checkCanApply()
+            self.ui.statusLabel.text = ""
+            self._timer.start()
+            self._checkCanApply()
+
+    def _pollJob(self) -> None:
+        """Timer callback: show the progress; import the results as nodes when the job ends."""
+        if self._job is None:
+            self._timer.stop()
+            return
+        status = self._job.poll()
+        self.ui.progressBar.value = int(round(100 * status.fraction))
+        self.ui.progressBar.format = status.message.replace("%", "%%") + " (%p%)"
+        if status.running:
+            return
+        self._timer.stop()
+        job, self._job = self._job, None
+        self.ui.progressBar.hide()
+        self._checkCanApply()
+        with slicer.util.tryWithErrorDisplay(_("Failed to process the case."), waitCursor=True):
+            result = self.logic.finishCase(self._parameterNode, job)
             self.ui.statusLabel.text = self.logic.describe(result)
             reference = result.volumes.get("t2w") or next(iter(result.volumes.values()), None)
             if reference is not None:
                 slicer.util.setSliceViewerLayers(background=reference, fit=True)
 
-    def _showProgress(self, fraction: float, message: str) -> None:
-        """Progress callback of the engine: fraction in [0, 1] and what is being done."""
-        self.ui.progressBar.value = int(round(100 * fraction))
-        self.ui.progressBar.format = message.replace("%", "%%") + " (%p%)"
-        slicer.app.processEvents()
+    def onCancelButton(self) -> None:
+        """Stop the running job (its process is killed, no result node is added)."""
+        if self._job is None:
+            return
+        self._timer.stop()
+        self._job.cancel()
+        self._job = None
+        self.ui.progressBar.hide()
+        self.ui.statusLabel.text = _("Cancelled.")
+        slicer.util.showStatusMessage(_("Cancelled"), 3000)
+        self._checkCanApply()
 
 
 #
@@ -208,8 +251,9 @@ class PrimagePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class PrimagePipelineLogic(ScriptedLoadableModuleLogic):
-    """Runs the pipeline chain on one case's nodes (primage.mrml.pipeline). Usable without
-    the widget, e.g. from the Python console."""
+    """Runs the pipeline chain on one case's nodes (primage.mrml.pipeline): in a separate
+    process (startCase, then finishCase; what the widget does) or in this one (process).
+    Usable without the widget, e.g. from the Python console."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -229,13 +273,42 @@ class PrimagePipelineLogic(ScriptedLoadableModuleLogic):
         }
         return {role: node for role, node in roles.items() if node is not None}
 
-    def processParameterNode(self, parameterNode, progress=None):
-        """Process the case set in a parameter node; returns the created nodes
-        (primage.mrml.pipeline.PipelineNodes)."""
+    @staticmethod
+    def _require(parameterNode) -> None:
         if parameterNode is None:
             raise ValueError(
                 "No parameter node: open the Pipeline module once or call getParameterNode()."
             )
+
+    def startCase(self, parameterNode):
+        """Start processing the case set in a parameter node in a separate process; returns the
+        job (poll() it, cancel() it, or pass it to finishCase when it has ended). Bad input is
+        refused here, before any process starts."""
+        from primage.errors import PrimageInputError
+        from primage.mrml.pipeline import start_case_job
+
+        self._require(parameterNode)
+        volumes = self.volumesFromParameterNode(parameterNode)
+        if not volumes:
+            raise PrimageInputError("Select the volumes of the case.")
+        return start_case_job(
+            volumes,
+            parameterNode.tumourNode,
+            tumour_segment=parameterNode.tumourSegment or None,
+            config=parameterNode.configFile or None,
+            case_name=parameterNode.caseName or "case",
+            output_folder=parameterNode.outputFolder or None,
+        )
+
+    def finishCase(self, parameterNode, job):
+        """The created nodes of an ended job (primage.mrml.pipeline.PipelineNodes); raises
+        ValueError with the failed step's message when the case failed."""
+        return job.finish()
+
+    def processParameterNode(self, parameterNode, progress=None):
+        """Process the case set in a parameter node in this process (scripts); returns the
+        created nodes (primage.mrml.pipeline.PipelineNodes)."""
+        self._require(parameterNode)
         return self.process(
             self.volumesFromParameterNode(parameterNode),
             parameterNode.tumourNode,
@@ -316,6 +389,8 @@ class PrimagePipelineTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_PrimagePipelineSharedScenario()
         self.setUp()
+        self.test_PrimagePipelineBackgroundJob()
+        self.setUp()
         self.test_PrimagePipelineBadInput()
 
     def test_PrimagePipelineSharedScenario(self):
@@ -326,15 +401,28 @@ class PrimagePipelineTest(ScriptedLoadableModuleTest):
         pipeline_scenario(slicer.mrmlScene)
         self.delayDisplay("Test passed")
 
+    def test_PrimagePipelineBackgroundJob(self):
+        """The shared scenario in a separate process, as "Process this case" runs it."""
+        self.delayDisplay("Starting the shared pipeline scenario as a background job")
+        from primage.mrml.selftest import pipeline_scenario
+
+        pipeline_scenario(slicer.mrmlScene, background=True)
+        self.delayDisplay("Test passed")
+
     def test_PrimagePipelineBadInput(self):
-        """No volumes, or no reference volume: a ValueError with a message, not a crash."""
+        """No volumes, or no reference volume: a ValueError with a message, not a crash, and
+        no job is started."""
         self.delayDisplay("Starting the bad input test")
         logic = PrimagePipelineLogic()
         parameterNode = logic.getParameterNode()
         with self.assertRaises(ValueError):
             logic.processParameterNode(parameterNode)
+        with self.assertRaises(ValueError):
+            logic.startCase(parameterNode)
         ct = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
         parameterNode.ctVolume = ct
         with self.assertRaises(ValueError):
             logic.processParameterNode(parameterNode)
+        with self.assertRaises(ValueError):
+            logic.startCase(parameterNode)
         self.delayDisplay("Test passed")

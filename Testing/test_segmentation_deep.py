@@ -377,3 +377,46 @@ def test_mrml_training_from_scene_nodes(mrml_scene, tmp_path):
     assert node.IsA("vtkMRMLSegmentationNode")
     with pytest.raises(PrimageInputError, match="pair"):
         train_from_nodes([], tmp_path / "other")
+
+
+def test_mrml_deep_features_and_nnunet_export_from_nodes(model, mrml_scene, tmp_path):
+    """deep-features and export-nnunet through the MRML layer give what the engine gives on
+    the same images and masks."""
+    pytest.importorskip("slicer")
+    from primage.mrml.segmentation_models import (
+        deep_features_from_nodes,
+        export_nnunet_from_nodes,
+    )
+    from primage.mrml.segmentations import segmentation_from_label_image
+    from primage.mrml.tables import rows_from_table_node
+    from primage.mrml.volumes import volume_node_from_sitk
+    from primage.segmentation.deep import load_model
+
+    cases = []
+    for seed in (201, 202):
+        image, mask = blob_case(seed)
+        volume = volume_node_from_sitk(image, mrml_scene, name=f"case {seed}")
+        segmentation = segmentation_from_label_image(mask, mrml_scene, {1: "tumour"})
+        cases.append(((volume, segmentation, "tumour"), image, mask))
+    table = deep_features_from_nodes(model, [c[0] for c in cases], mrml_scene)
+    rows = rows_from_table_node(table)
+    assert [row["case"] for row in rows] == ["case 201", "case 202"]
+    engine = load_model(model)
+    for row, (_, image, mask) in zip(rows, cases, strict=True):
+        expected = engine.deep_features([image], mask)
+        numeric = [k for k, v in expected.items() if isinstance(v, float)]
+        assert len(numeric) == 2 * 64
+        assert [row[k] for k in numeric] == pytest.approx([expected[k] for k in numeric], abs=1e-6)
+    assert rows[0]["deep_bottleneck_mean_000"] != rows[1]["deep_bottleneck_mean_000"]
+
+    folder = export_nnunet_from_nodes([c[0] for c in cases], 7, "Blobs", tmp_path / "raw")
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert dataset["labels"] == {"background": 0, "tumour": 1} and dataset["numTraining"] == 2
+    for index, (_, _, mask) in enumerate(cases):
+        labels = sitk.ReadImage(str(folder / "labelsTr" / f"Blobs_{index:03d}.nii.gz"))
+        assert np.array_equal(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(mask))
+        assert (folder / "imagesTr" / f"Blobs_{index:03d}_0000.nii.gz").is_file()
+    with pytest.raises(PrimageInputError, match="already exists"):
+        export_nnunet_from_nodes([c[0] for c in cases], 7, "Blobs", tmp_path / "raw")
+    with pytest.raises(PrimageInputError, match="case"):
+        deep_features_from_nodes(model, [], mrml_scene)

@@ -204,22 +204,15 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_deep_features(args: argparse.Namespace) -> int:
     """Handler of ``primage segment deep-features``."""
-    from primage.segmentation.models import check_model, load_model, model_kind
-    from primage.segmentation.nnunet_model import available_folds
+    from primage.segmentation.models import load_feature_model
 
     output = Path(args.output)
     if output.suffix.lower() != ".csv":
         raise PrimageInputError(f"output {output} must be a .csv file")
     check_outputs_not_inputs([output], [*args.image, args.mask])
-    folds = None
-    if model_kind(args.model) == "nnunet":
-        folds = [args.fold] if args.fold is not None else available_folds(Path(args.model))[:1]
-    elif args.fold is not None:
-        raise PrimageInputError("--fold applies to nnU-Net model folders only")
-    check_model(args.model, folds)
     images = [read_image(p, role=f"image {i + 1}") for i, p in enumerate(args.image)]
     mask = read_image(args.mask, role="mask")
-    model = load_model(args.model, device=args.device, folds=folds)
+    model = load_feature_model(args.model, device=args.device, fold=args.fold)
     features = model.deep_features(images, mask)
     row = {
         "case": args.case or image_stem(args.image[0]),

@@ -101,6 +101,57 @@ def train_from_nodes(
     return train(images, output_folder, options, device=device, resume=resume, progress=progress)
 
 
+def export_nnunet_from_nodes(
+    pairs: Sequence[tuple], dataset_id: int, name: str, output_folder, *, channel_name="MR"
+):
+    """Write (volume node, mask node[, segment]) tuples as an nnU-Net v2 raw data set
+    (``imagesTr``, ``labelsTr``, ``dataset.json``) under ``output_folder``; returns its folder."""
+    from primage.segmentation.nnunet_export import export_nnunet
+
+    return export_nnunet(
+        _training_images(pairs), dataset_id, name, output_folder, channel_name=channel_name
+    )
+
+
+def deep_features_from_nodes(
+    model_folder,
+    cases: Sequence[tuple],
+    scene,
+    *,
+    device: str = "cpu",
+    fold: int | None = None,
+    table_node=None,
+):
+    """Deep features (bottleneck mean and max inside the mask) into a table node, one row per
+    case. A case is (volume node or list of volume nodes, one per model channel; mask node[,
+    segment]); the mask is carried onto the first volume's grid. Columns: ``case`` (the first
+    volume's name), ``model_weights_sha256``, then the feature columns."""
+    from primage.mrml.segmentations import mask_from_node
+    from primage.mrml.tables import table_node_from_rows
+    from primage.segmentation.models import load_feature_model
+
+    if not cases:
+        raise PrimageInputError("give at least one (volume, mask) case")
+    inputs = []
+    for item in cases:
+        if len(item) not in (2, 3):
+            raise PrimageInputError("each case is (volume node(s), mask node[, segment])")
+        volumes = list(item[0]) if isinstance(item[0], list | tuple) else [item[0]]
+        images = [sitk_from_volume_node(v, role=f"volume {node_label(v)}") for v in volumes]
+        mask = mask_from_node(item[1], volumes[0], item[2] if len(item) == 3 else None)
+        inputs.append((volumes[0].GetName(), images, mask))
+    model = load_feature_model(model_folder, device=device, fold=fold)
+    rows = [
+        {
+            "case": case,
+            "model_weights_sha256": model.feature_weights_sha256,
+            **model.deep_features(images, mask),
+        }
+        for case, images, mask in inputs
+    ]
+    return table_node_from_rows(rows, scene, name="Deep features", node=table_node)
+
+
 def _training_images(pairs: Sequence[tuple]) -> list[tuple]:
     """(image, mask) SimpleITK pairs of (volume node, mask node[, segment]) tuples."""
     from primage.mrml.segmentations import mask_from_node

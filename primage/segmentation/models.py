@@ -70,3 +70,17 @@ def model_channel_names(folder: str | os.PathLike, folds=None) -> list[str]:
         dataset = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
         channels = dataset.get("channel_names", dataset.get("modality"))
     return [str(channels[key]) for key in sorted(channels, key=int)]
+
+
+def load_feature_model(folder: str | os.PathLike, device: str = "cpu", fold: int | None = None):
+    """Load a model folder for deep features: a primage folder, or one fold of an nnU-Net
+    folder (``fold``; default the lowest), since feature channels differ between folds."""
+    from primage.segmentation.nnunet_model import available_folds
+
+    folds = None
+    if model_kind(folder) == "nnunet":
+        folds = [fold] if fold is not None else available_folds(Path(folder))[:1]
+    elif fold is not None:
+        raise PrimageInputError("--fold applies to nnU-Net model folders only")
+    check_model(folder, folds)
+    return load_model(folder, device=device, folds=folds)

@@ -44,7 +44,10 @@ def export_nnunet(
     channel_name: str = "MR",
     label_names: dict[int, str] | None = None,
 ) -> Path:
-    """Write the raw data set; returns its folder (``output/Dataset<ID>_<NAME>``)."""
+    """Write the raw data set; returns its folder (``output/Dataset<ID>_<NAME>``).
+
+    ``pairs``: (image, mask) as file paths or SimpleITK images (the MRML layer passes images).
+    """
     folder_name = dataset_folder_name(dataset_id, name)
     target = Path(output) / folder_name
     if Path(output).exists() and not Path(output).is_dir():
@@ -53,9 +56,14 @@ def export_nnunet(
         raise PrimageInputError(f"{target} already exists; choose another dataset id or output")
     cases = []
     found: set[int] = set()
-    for image_path, mask_path in pairs:
-        image = read_image(image_path, role="image")
-        mask = read_image(mask_path, role="mask")
+    for index, (image_item, mask_item) in enumerate(pairs):
+        in_memory = isinstance(image_item, sitk.Image)
+        image_path = f"image {index + 1}" if in_memory else image_item
+        mask_path = f"mask {index + 1}" if isinstance(mask_item, sitk.Image) else mask_item
+        image = image_item if in_memory else read_image(image_item, role="image")
+        mask = (
+            mask_item if isinstance(mask_item, sitk.Image) else read_image(mask_item, role="mask")
+        )
         if not same_geometry(image, mask):
             raise PrimageInputError(f"mask {mask_path} is not on the voxel grid of {image_path}")
         array = sitk.GetArrayFromImage(mask)

@@ -19,6 +19,8 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +42,25 @@ class JobStatus:
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
-def job_folder(prefix: str) -> Path:
-    """A new temporary folder for a job's files."""
-    return Path(tempfile.mkdtemp(prefix=f"primage-{prefix}-"))
+@contextmanager
+def new_job_folder(prefix: str) -> Iterator[Path]:
+    """A new temporary folder for a job's files, removed again when preparing the job fails
+    (once the job has started, :meth:`BackgroundJob.cleanup` removes it)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"primage-{prefix}-"))
+    try:
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def write_job_image(image, path: Path) -> str:
+    """Write a job's input image; returns its path as text. Uncompressed: the file lives only
+    as long as the job, so compression would only cost time."""
+    from primage.io import write_image
+
+    write_image(image, path, compress=False)
+    return str(path)
 
 
 class BackgroundJob:

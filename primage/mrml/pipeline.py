@@ -19,7 +19,6 @@ are exported here, the job reports progress and can be cancelled, and
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import SimpleITK as sitk
 
 from primage.errors import PrimageInputError
 from primage.io import read_image, series_to_volumes, write_image, write_text
-from primage.mrml.jobs import BackgroundJob, job_folder
+from primage.mrml.jobs import BackgroundJob, new_job_folder
 from primage.mrml.kinetics import HABITAT_COLORS, _add_maps, series_from_node
 from primage.mrml.registration import QC_ATTRIBUTE
 from primage.mrml.segmentations import mask_from_node, segmentation_from_label_image
@@ -211,8 +210,7 @@ def start_case_job(
     instead and are kept (a second run reuses what is up to date).
     """
     config, volume_nodes, scene = _prepare(volume_nodes, config, case_name)
-    folder = job_folder("case")
-    try:
+    with new_job_folder("case") as folder:
         work = folder if output_folder is None else Path(output_folder)
         case_folder = _export_case(
             volume_nodes, tumour_node, tumour_segment, config, work, case_name
@@ -224,9 +222,6 @@ def start_case_job(
             "summary_output": str(folder / "summary.json"),
         }
         return CaseJob(folder, spec, scene, case_name)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
 
 
 def _import(

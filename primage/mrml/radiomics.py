@@ -16,7 +16,6 @@ cancel (:meth:`RadiomicsJob.cancel`) while it stays responsive.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,7 @@ import SimpleITK as sitk
 import slicer
 
 from primage.errors import PrimageInputError
-from primage.io import write_image
-from primage.mrml.jobs import BackgroundJob, job_folder
+from primage.mrml.jobs import BackgroundJob, new_job_folder, write_job_image
 from primage.mrml.segmentations import (
     label_images_from_segmentation,
     segment_id_by_name,
@@ -272,16 +270,6 @@ class RadiomicsJob(BackgroundJob):
             self.cleanup()
 
 
-def _job_folder() -> Path:
-    return job_folder("radiomics")
-
-
-def _write(image: sitk.Image, path: Path) -> str:
-    # Uncompressed: the files live for seconds, compression would only cost time.
-    write_image(image, path, compress=False)
-    return str(path)
-
-
 def start_extraction_job(
     volume_nodes: Sequence,
     mask_node,
@@ -299,12 +287,13 @@ def start_extraction_job(
     volume_nodes = _check_volumes(volume_nodes)
     scene = volume_nodes[0].GetScene()
     load_params(preset if params_file is None else None, params_file)  # refuse bad ones now
-    folder = _job_folder()
-    try:
+    with new_job_folder("radiomics") as folder:
         images, pairs = {}, []
         for index, volume_node in enumerate(volume_nodes):
             name = volume_node.GetName()
-            images[name] = _write(sitk_from_volume_node(volume_node), folder / f"image{index}.nrrd")
+            images[name] = write_job_image(
+                sitk_from_volume_node(volume_node), folder / f"image{index}.nrrd"
+            )
             for number, region in enumerate(
                 regions_for_volume(mask_node, volume_node, segment_ids)
             ):
@@ -313,7 +302,9 @@ def start_extraction_job(
                         "image": name,
                         "name": region.name,
                         "label": region.label,
-                        "mask": _write(region.mask, folder / f"image{index}_mask{number}.nrrd"),
+                        "mask": write_job_image(
+                            region.mask, folder / f"image{index}_mask{number}.nrrd"
+                        ),
                     }
                 )
         # Each volume has its segments on its own grid: the spec lists (image, mask) pairs.
@@ -330,9 +321,6 @@ def start_extraction_job(
             "diagnostics_output": str(folder / "diagnostics.csv"),
         }
         return RadiomicsJob("extract", folder, spec, scene)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
 
 
 def robustness_cases_from_volumes(
@@ -365,7 +353,7 @@ def _case_masks(volume_node, masks, folder: Path, index: int) -> list[str]:
     paths = []
     for number, (mask_node, segment_id) in enumerate(masks):
         region = regions_for_volume(mask_node, volume_node, [segment_id])[0]
-        paths.append(_write(region.mask, folder / f"case{index}_mask{number}.nrrd"))
+        paths.append(write_job_image(region.mask, folder / f"case{index}_mask{number}.nrrd"))
     return paths
 
 
@@ -388,11 +376,12 @@ def start_robustness_job(
     if not cases:
         raise PrimageInputError("no case given")
     scene = cases[0][1].GetScene()
-    folder = _job_folder()
-    try:
+    with new_job_folder("radiomics") as folder:
         spec_cases = []
         for index, (name, volume_node, masks) in enumerate(cases):
-            image = _write(sitk_from_volume_node(volume_node), folder / f"case{index}.nrrd")
+            image = write_job_image(
+                sitk_from_volume_node(volume_node), folder / f"case{index}.nrrd"
+            )
             spec_cases.append(
                 {
                     "name": name,
@@ -412,9 +401,6 @@ def start_robustness_job(
             "features_output": str(folder / "features.csv"),
         }
         return RadiomicsJob("robustness", folder, spec, scene)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
 
 
 def robustness_table_from_nodes(

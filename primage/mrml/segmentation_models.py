@@ -16,13 +16,12 @@ plot chart node (:meth:`TrainingJob.update_chart`).
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from primage.errors import PrimageInputError
-from primage.io import json_text, read_image, write_image
-from primage.mrml.jobs import BackgroundJob, job_folder
+from primage.io import json_text, read_image
+from primage.mrml.jobs import BackgroundJob, new_job_folder, write_job_image
 from primage.mrml.plots import plot_chart_from_curves
 from primage.mrml.segmentations import segmentation_from_label_image
 from primage.mrml.volumes import check_scalar_volume_node, node_label, sitk_from_volume_node
@@ -172,12 +171,6 @@ def _training_images(pairs: Sequence[tuple]) -> list[tuple]:
 # --- background jobs --------------------------------------------------------------------------
 
 
-def _write(image, path: Path) -> str:
-    # Uncompressed: the files live for the job's duration only.
-    write_image(image, path, compress=False)
-    return str(path)
-
-
 class SegmentationJob(BackgroundJob):
     """Model inference in a separate process; :meth:`finish` makes the segmentation node."""
 
@@ -237,10 +230,9 @@ def start_segmentation_job(
         parse_steps(postprocess)
     for node in volume_nodes:
         check_scalar_volume_node(node, role="input volume")
-    folder = job_folder("segment")
-    try:
+    with new_job_folder("segment") as folder:
         inputs = [
-            _write(sitk_from_volume_node(node), folder / f"input{i}.nrrd")
+            write_job_image(sitk_from_volume_node(node), folder / f"input{i}.nrrd")
             for i, node in enumerate(volume_nodes)
         ]
         spec = {
@@ -253,9 +245,6 @@ def start_segmentation_job(
             "info_output": str(folder / "info.json"),
         }
         return SegmentationJob(folder, spec, volume_nodes[0], name)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
 
 
 def training_chart(log_rows: Sequence[dict], scene, chart_node=None):
@@ -375,16 +364,15 @@ def start_training_job(
     check_model_output(output_folder, resume)
     images = _training_images(pairs)
     scene = pairs[0][0].GetScene()
-    folder = job_folder("train")
-    try:
+    with new_job_folder("train") as folder:
         spec_pairs = [
-            [_write(image, folder / f"image{i}.nrrd"), _write(mask, folder / f"mask{i}.nrrd")]
+            [
+                write_job_image(image, folder / f"image{i}.nrrd"),
+                write_job_image(mask, folder / f"mask{i}.nrrd"),
+            ]
             for i, (image, mask) in enumerate(images)
         ]
         return _start_training(spec_pairs, folder, output_folder, scene, options, device, resume)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
 
 
 def start_training_job_from_file(
@@ -408,9 +396,5 @@ def start_training_job_from_file(
     missing = [path for pair in spec_pairs for path in pair if not Path(path).is_file()]
     if missing:
         raise PrimageInputError(f"pairs file {pairs_csv} lists a missing file: {missing[0]}")
-    folder = job_folder("train")
-    try:
+    with new_job_folder("train") as folder:
         return _start_training(spec_pairs, folder, output_folder, scene, options, device, resume)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise

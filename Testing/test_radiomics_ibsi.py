@@ -1,16 +1,10 @@
 """IBSI compliance: the digital phantom's features against the IBSI reference values."""
 
-import os
-from pathlib import Path
-
 import pytest
+from _shared_data import REPO, shared_data
 
 from primage.radiomics import ibsi
 
-REPO = Path(__file__).resolve().parents[1]
-# The project's shared data sits beside the repository (as in CI); PRIMAGE_SHARED_DATA
-# points elsewhere. Missing data is a failure, not a skip: IBSI compliance must be checked.
-DATA = Path(os.environ.get("PRIMAGE_SHARED_DATA", REPO.parent / "shared" / "data")) / "ibsi"
 REPORT = REPO / "docs" / "ibsi-compliance.md"
 
 pytestmark = [pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")]
@@ -18,10 +12,10 @@ pytestmark = [pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarn
 
 @pytest.fixture(scope="module")
 def comparison():
-    assert DATA.is_dir(), f"IBSI phantom not found in {DATA} (set PRIMAGE_SHARED_DATA)"
-    reference = ibsi.read_reference(DATA / "digital_phantom_reference_values.csv")
+    data = shared_data("ibsi")
+    reference = ibsi.read_reference(data / "digital_phantom_reference_values.csv")
     values = ibsi.phantom_features(
-        DATA / "digital_phantom_image.nii.gz", DATA / "digital_phantom_mask.nii.gz"
+        data / "digital_phantom_image.nii.gz", data / "digital_phantom_mask.nii.gz"
     )
     return reference, values, ibsi.compare(values, reference)
 

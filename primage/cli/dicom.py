@@ -80,6 +80,13 @@ def register(subparsers) -> None:
         "--secret-file", metavar="FILE", help="secret for the keyed-hash pseudonyms"
     )
     assemble.add_argument(
+        "--tumour-roi",
+        metavar="REGEX",
+        help="ROI / segment names of RT Structure Sets and SEG taken as tumour (case-insensitive "
+        "regular expression, searched; default 'gtv|tumou?r|lesion'); each match gets its own "
+        "label in tumour_<image>.nii.gz",
+    )
+    assemble.add_argument(
         "--report",
         metavar="REPORT.csv",
         help="what happened to each series (default: COHORT_DIR/dicom_assembly.csv)",
@@ -150,6 +157,7 @@ def run_assemble(args: argparse.Namespace) -> int:
     """Handler of ``primage dicom assemble``."""
     from primage.dicom.assemble import REPORT_COLUMNS, apply_roles, assemble
     from primage.dicom.inventory import read_roles
+    from primage.dicom.masks import tumour_pattern
     from primage.dicom.pseudonym import pseudonymiser
     from primage.dicom.scan import scan_folder
 
@@ -171,6 +179,7 @@ def run_assemble(args: argparse.Namespace) -> int:
         )
     roles = read_roles(args.inventory)
     pseudonymise = pseudonymiser(args.pseudonym_map, args.secret_file)
+    tumour_pattern(args.tumour_roi)  # a bad pattern is refused before anything is read
 
     start = time.perf_counter()
     progress = None if args.quiet else ConsoleProgress()
@@ -181,7 +190,9 @@ def run_assemble(args: argparse.Namespace) -> int:
         )
     for message in apply_roles(result, roles):
         sys.stderr.write(f"primage: warning: {message}\n")
-    assembly = assemble(result, output, pseudonymise, progress=progress)
+    assembly = assemble(
+        result, output, pseudonymise, tumour_pattern=args.tumour_roi, progress=progress
+    )
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=REPORT_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -194,8 +205,8 @@ def run_assemble(args: argparse.Namespace) -> int:
     written = sum(bool(case.written) for case in assembly.cases)
     if not args.quiet:
         sys.stderr.write(
-            f"primage: wrote {written} case folders to {output}, {len(assembly.skipped)} series "
-            f"skipped; report {report} ({time.perf_counter() - start:.1f} s)\n"
+            f"primage: wrote {written} case folders to {output}: {assembly.summary()}; "
+            f"report {report} ({time.perf_counter() - start:.1f} s)\n"
         )
     return 1 if assembly.skipped else 0
 

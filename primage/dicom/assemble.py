@@ -9,8 +9,15 @@ ever reaches an output file's header.
 Case folder layout (the cohort pipeline's): ``t2w.nii.gz``, ``t1w.nii.gz``,
 ``t1w_post.nii.gz``, ``dwi.nii.gz`` + ``dwi.bval``, ``adc_scanner.nii.gz``,
 ``dce.nii.gz`` + ``dce.times``, ``ct.nii.gz``, ``pet.nii.gz`` (SUVbw, g/ml); extra series
-of a role as ``t2w_2.nii.gz`` ...; and ``case.json`` describing every file (role, source
-of b-values / times, SUV factors, slice checks) and every series left out with its reason.
+of a role as ``t2w_2.nii.gz`` ...; tumour masks from RT Structure Sets and SEG as
+``tumour_<image>.nii.gz`` on their image's grid (:mod:`primage.dicom.masks`); and
+``case.json`` describing every file (role, source of b-values / times, SUV factors, slice
+checks, ROI names of the mask labels) and every series left out with its reason.
+
+Each file's entry in ``case.json["files"]`` carries ``"frame_of_reference"``: a token
+``FoR-1``, ``FoR-2``, ... numbered in order of first appearance among the study's series.
+Equal tokens mean the same DICOM FrameOfReferenceUID (the same scanner coordinates, e.g.
+PET/CT); the UID itself is never written.
 """
 
 from __future__ import annotations
@@ -27,8 +34,11 @@ import pydicom
 import SimpleITK as sitk
 
 from primage import __version__
+from primage.dicom.masks import MaskPlan, mask_labels, plan_masks
 from primage.dicom.pseudonym import Pseudonymiser
+from primage.dicom.rtstruct import ContourProblem
 from primage.dicom.scan import Plan, ScanResult, SeriesInfo, check_study
+from primage.dicom.seg_in import SegProblem
 from primage.dicom.series import Geometry, Layout
 from primage.errors import PrimageInputError
 from primage.io import write_image, write_json, write_text
@@ -172,6 +182,23 @@ class AssemblyResult:
     def skipped(self) -> list[dict]:
         return [row for row in self.rows if row["status"] == "skipped"]
 
+    def summary(self) -> str:
+        """What was written, not assembled (by role) and skipped, in one sentence."""
+        written = [row for row in self.rows if row["status"] == "written"]
+        masks = sum(row["output"].startswith("tumour") for row in written)
+        outputs = {(row["case"], row["output"]) for row in written}
+        not_used: dict[str, int] = defaultdict(int)
+        for row in self.rows:
+            if row["status"] == "not assembled":
+                not_used[row["role"]] += 1
+        by_role = ", ".join(f"{count} {role}" for role, count in sorted(not_used.items()))
+        return (
+            f"{len(written)} series written as {len(outputs)} files ({masks} of them tumour "
+            f"masks), {sum(not_used.values())} series not assembled"
+            + (f" ({by_role})" if by_role else "")
+            + f", {len(self.skipped)} series skipped"
+        )
+
 
 def apply_roles(result: ScanResult, roles: dict[str, str]) -> list[str]:
     """Set each series' role from the inventory; re-check. Returns messages for series
@@ -214,14 +241,48 @@ def _install_case(staging: Path, folder: Path, names: list[str]) -> None:
         os.replace(staging / name, folder / name)
 
 
+def frame_tokens(infos: list[SeriesInfo]) -> dict[str, str]:
+    """``FrameOfReferenceUID -> "FoR-n"`` in order of first appearance among ``infos``."""
+    tokens: dict[str, str] = {}
+    for info in infos:
+        uid = info.series.first.frame_of_reference
+        if uid and uid not in tokens:
+            tokens[uid] = f"FoR-{len(tokens) + 1}"
+    return tokens
+
+
+def _mask_image(mask: MaskPlan) -> tuple[sitk.Image, dict]:
+    labels, record = mask_labels(mask)
+    if not labels.any():
+        raise ContourProblem(
+            f"none of the chosen ROIs ({', '.join(n for _, _, n in mask.labels)}) has a voxel "
+            f"on the grid of {mask.image.name}"
+        )
+    description = {
+        "role": "tumour",
+        "source": "RT Structure Set" if mask.kind == "rtstruct" else "DICOM SEG",
+        "series_ids": [mask.info.series_id],
+        "series_numbers": [mask.info.series.series_number],
+        "image": f"{mask.image.name}.nii.gz",
+        **record,
+    }
+    return _image(labels, mask.image.layout.geometry), description
+
+
 def assemble(
     result: ScanResult,
     output: str | Path,
     pseudonymise: Pseudonymiser,
     *,
+    tumour_pattern: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> AssemblyResult:
-    """Write each study of a scan (roles already set) as a case folder under ``output``."""
+    """Write each study of a scan (roles already set) as a case folder under ``output``.
+
+    ``tumour_pattern``: regular expression choosing the tumour ROIs / segments of RT
+    Structure Sets and SEG objects by name (default
+    :data:`primage.dicom.masks.DEFAULT_TUMOUR_PATTERN`).
+    """
     progress = progress or no_progress
     output = Path(output)
     names = case_names(result, pseudonymise)
@@ -234,9 +295,11 @@ def assemble(
         step = sub_progress(progress, number / len(studies), (number + 1) / len(studies))
         case = names[study_uid]
         step(0.0, f"study {number + 1}/{len(studies)}")
-        plans = check_study(infos)
+        plans = check_study(infos, tumour_pattern)
+        masks = plan_masks(infos, plans, tumour_pattern)
+        tokens = frame_tokens(infos)
         case_result = CaseResult(case, None if case is None else output / case)
-        planned = {m.uid for p in plans for m in p.members}
+        planned = {m.uid for p in plans for m in p.members} | {m.info.uid for m in masks}
         for info in infos:
             if info.uid not in planned:
                 rows.append(_row(info, case, "not assembled", "", info.reason))
@@ -249,6 +312,8 @@ def assemble(
             for plan in plans:
                 for m in plan.members:
                     rows.append(_row(m, None, "skipped", "", reason))
+            for mask in masks:
+                rows.append(_row(mask.info, None, "skipped", "", reason))
             case_result.skipped.append({"reason": reason})
             cases.append(case_result)
             continue
@@ -295,10 +360,39 @@ def assemble(
                     )
                     written.append(f"{plan.name}.times")
                     description["values_file"] = f"{plan.name}.times"
+                token = tokens.get(plan.members[0].series.first.frame_of_reference)
+                if token:
+                    description["frame_of_reference"] = token
                 record["files"][file_name] = description
                 case_result.written[plan.name] = file_name
                 for m in plan.members:
                     rows.append(_row(m, case, "written", file_name, m.reason))
+            for mask in masks:
+                problem = mask.problem
+                if problem is None and mask.image.problem is not None:
+                    problem = f"its image {mask.image.name} was not written ({mask.image.problem})"
+                if problem is None:
+                    step(1.0, f"study {number + 1}: {mask.name}")
+                    try:
+                        image, description = _mask_image(mask)
+                    except (ContourProblem, SegProblem) as error:
+                        problem = str(error)
+                if problem is not None:
+                    entry = {"role": mask.kind, "series_ids": [mask.info.series_id]}
+                    record["skipped"].append({**entry, "reason": problem})
+                    rows.append(_row(mask.info, case, "skipped", "", problem))
+                    continue
+                file_name = f"{mask.name}.nii.gz"
+                write_image(image, staging / file_name)
+                written.append(file_name)
+                token = tokens.get(mask.info.series.first.frame_of_reference) or tokens.get(
+                    mask.image.members[0].series.first.frame_of_reference
+                )
+                if token:
+                    description["frame_of_reference"] = token
+                record["files"][file_name] = description
+                case_result.written[mask.name] = file_name
+                rows.append(_row(mask.info, case, "written", file_name, mask.info.reason))
             if good or record["skipped"]:
                 write_json(record, staging / "case.json")
                 written.append("case.json")

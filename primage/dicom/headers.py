@@ -24,8 +24,11 @@ from pydicom.errors import InvalidDicomError
 
 from primage.presetfiles import preset_folder
 
-#: SOP classes of objects without an image volume (reports, structure sets, plans, ...).
-NON_IMAGE_MODALITIES = {"SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "PR", "KO", "REG", "DOC", "RWV"}
+#: Modalities of objects without an image volume (reports, structure sets, plans,
+#: segmentations, ...): their pixel data, if any, is not read as an image.
+NON_IMAGE_MODALITIES = {
+    "SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "PR", "KO", "REG", "DOC", "RWV", "SEG",
+}  # fmt: skip
 
 #: Attributes read from the top level of every file (everything a series summary uses).
 SERIES_KEYWORDS = (
@@ -46,6 +49,10 @@ SERIES_KEYWORDS = (
     "DecayCorrection",
     "CorrectedImage",
     "SpacingBetweenSlices",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "ConversionType",
+    "BurnedInAnnotation",
 )
 
 
@@ -94,7 +101,10 @@ class FileHeader:
     ``attributes`` holds the :data:`SERIES_KEYWORDS` (as plain Python values),
     ``image_type`` the ImageType values (upper case). ``pet`` holds the PET tags SUV needs
     (see :func:`primage.dicom.pet.pet_parameters`). ``patient_id`` is used only to derive
-    the pseudonym.
+    the pseudonym. ``frame_of_reference`` is the FrameOfReferenceUID (never written
+    out: assembly replaces it by a per-case token). ``references`` holds, for structure
+    sets and segmentations, the series and instances they were drawn on and their ROI /
+    segment names (see :func:`object_references`).
     """
 
     path: str
@@ -111,6 +121,8 @@ class FileHeader:
     pet: dict = field(default_factory=dict)
     multi_frame: bool = False
     problem: str | None = None  # set when the file's pixel data cannot be used
+    frame_of_reference: str = ""
+    references: dict = field(default_factory=dict)
 
 
 class DicomFileProblem(Exception):
@@ -205,7 +217,13 @@ def _header_from_dataset(path: str, dataset) -> FileHeader:
         image_type=image_type,
         has_pixels=has_pixels and modality not in NON_IMAGE_MODALITIES,
         frames=[],
+        frame_of_reference=_text(dataset.get("FrameOfReferenceUID")),
     )
+    if modality in ("RTSTRUCT", "SEG"):
+        header.references = object_references(dataset)
+        header.frame_of_reference = header.frame_of_reference or header.references.get(
+            "frame_of_reference", ""
+        )
     if not header.has_pixels:
         return header
     header.problem = _pixel_data_problem(dataset)
@@ -224,6 +242,46 @@ def _header_from_dataset(path: str, dataset) -> FileHeader:
 
         header.pet = pet_tags(dataset)
     return header
+
+
+def object_references(dataset) -> dict:
+    """What an RT Structure Set or a SEG refers to, from its header (no contours, no pixels).
+
+    ``series``: referenced SeriesInstanceUIDs; ``instances``: referenced SOPInstanceUIDs;
+    ``names``: ROI names (RTSTRUCT) or segment labels (SEG), in ROI / segment number
+    order; ``frame_of_reference``: the referenced FrameOfReferenceUID (RTSTRUCT).
+    """
+    series, instances, names, frame = [], [], [], ""
+    modality = _text(dataset.get("Modality")).upper()
+    if modality == "RTSTRUCT":
+        for reference in dataset.get("ReferencedFrameOfReferenceSequence") or []:
+            frame = frame or _text(reference.get("FrameOfReferenceUID"))
+            for study in reference.get("RTReferencedStudySequence") or []:
+                for item in study.get("RTReferencedSeriesSequence") or []:
+                    series.append(_text(item.get("SeriesInstanceUID")))
+                    for image in item.get("ContourImageSequence") or []:
+                        instances.append(_text(image.get("ReferencedSOPInstanceUID")))
+        rois = sorted(
+            (int(roi.get("ROINumber") or 0), _text(roi.get("ROIName")))
+            for roi in dataset.get("StructureSetROISequence") or []
+        )
+        names = [name for _, name in rois]
+    else:
+        for item in dataset.get("ReferencedSeriesSequence") or []:
+            series.append(_text(item.get("SeriesInstanceUID")))
+            for image in item.get("ReferencedInstanceSequence") or []:
+                instances.append(_text(image.get("ReferencedSOPInstanceUID")))
+        segments = sorted(
+            (int(item.get("SegmentNumber") or 0), _text(item.get("SegmentLabel")))
+            for item in dataset.get("SegmentSequence") or []
+        )
+        names = [name for _, name in segments]
+    return {
+        "series": [uid for uid in dict.fromkeys(series) if uid],
+        "instances": [uid for uid in dict.fromkeys(instances) if uid],
+        "names": names,
+        "frame_of_reference": frame,
+    }
 
 
 def _pixel_data_problem(dataset) -> str | None:

@@ -13,6 +13,7 @@ import csv
 import io
 from pathlib import Path
 
+from primage.dicom.masks import MASK_ROLES
 from primage.dicom.rules import load_rules
 from primage.dicom.scan import ASSEMBLED_ROLES, NOT_ASSEMBLED_ROLES, ScanResult
 from primage.errors import PrimageInputError
@@ -100,7 +101,7 @@ def write_inventory(result: ScanResult, path: str | Path) -> Path:
 def valid_roles() -> tuple[str, ...]:
     """Roles a user may put in the ``role`` column."""
     roles = list(load_rules()["roles"])
-    return tuple(dict.fromkeys([*roles, *ASSEMBLED_ROLES, *NOT_ASSEMBLED_ROLES]))
+    return tuple(dict.fromkeys([*roles, *ASSEMBLED_ROLES, *MASK_ROLES, *NOT_ASSEMBLED_ROLES]))
 
 
 def read_roles(path: str | Path) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Role rules: a table of header conditions (data), evaluated in order, first match wins.
 
 The table is ``primage/presets/dicom/roles.json`` (or a user's copy). A rule is
-``{"name": ..., "role": ..., "when": CONDITION}``; a condition is ``{"all": [...]}``,
+``{"name": ..., "role": ..., "when": CONDITION}`` with an optional ``"reason"`` (why a
+series of a role that is not assembled is not used, shown in the inventory); a condition is ``{"all": [...]}``,
 ``{"any": [...]}``, ``{"not": CONDITION}`` or a test of one series feature
 ``{"field": NAME, OP: VALUE}`` with OP one of ``equals``, ``in``, ``contains_any``
 (a list feature holds one of the values), ``matches`` (case-insensitive regular
@@ -29,7 +30,15 @@ FEATURES = {
     "text": "description, protocol and sequence name joined (for regular expressions)",
     "image_type": "ImageType (0008,0008) values, upper case",
     "image_type_value1": "first ImageType value (ORIGINAL / DERIVED)",
-    "has_pixels": "the series holds image pixel data (false for SR, RTSTRUCT, ...)",
+    "has_pixels": "the series holds image pixel data (false for SR, RTSTRUCT, SEG, ...)",
+    "sop_class": "SOPClassUID (0008,0016)",
+    "samples_per_pixel": "SamplesPerPixel (0028,0002): 1 grey, 3 colour",
+    "photometric": "PhotometricInterpretation (0028,0004), upper case",
+    "conversion_type": "ConversionType (0008,0064), secondary captures only",
+    "burned_in_annotation": "BurnedInAnnotation (0028,0301), YES / NO",
+    "units": "Units (0054,1001) of PET: BQML, GML, CNTS, 1/CM, ...",
+    "rows": "Rows (0028,0010)",
+    "columns": "Columns (0028,0011)",
     "echo_time_ms": "EchoTime (0018,0081), ms",
     "repetition_time_ms": "RepetitionTime (0018,0080), ms",
     "inversion_time_ms": "InversionTime (0018,0082), ms",
@@ -85,6 +94,8 @@ def validate_rules(table: dict, origin: str = "rules") -> None:
             raise PrimageInputError(
                 f"{origin}: rule '{rule['name']}' has role {rule['role']!r}, not one of {roles}"
             )
+        if not isinstance(rule.get("reason", ""), str):
+            raise PrimageInputError(f"{origin}: rule '{rule['name']}': 'reason' must be text")
         _validate_condition(rule["when"], f"{origin}: rule '{rule['name']}'")
 
 
@@ -160,3 +171,12 @@ def classify(features: dict, table: dict | None = None) -> tuple[str, str]:
         if holds(rule["when"], features):
             return rule["role"], rule["name"]
     return "unknown", "no-rule-matched"
+
+
+def rule_reason(name: str, table: dict | None = None) -> str:
+    """The ``reason`` text of rule ``name`` (empty when it has none)."""
+    table = table or load_rules()
+    for rule in table["rules"]:
+        if rule["name"] == name:
+            return rule.get("reason", "")
+    return ""

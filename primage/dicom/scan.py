@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from primage.dicom.headers import DicomFileProblem, FileHeader, read_header
+from primage.dicom.masks import plan_masks
 from primage.dicom.pet import SuvFactor, SuvRefused, suv_factor
-from primage.dicom.rules import classify, load_rules
+from primage.dicom.rules import classify, load_rules, rule_reason
 from primage.dicom.series import (
     Layout,
     LayoutProblem,
@@ -59,6 +60,7 @@ class SeriesInfo:
     output: str = ""
     status: str = "ok"
     reason: str = ""
+    rule_reason: str = ""  # why the proposed role's series are not used (from the rule)
 
     @property
     def uid(self) -> str:
@@ -91,10 +93,21 @@ class ScanResult:
 
 
 def find_files(folder: str | Path) -> list[Path]:
-    """Every regular file under ``folder`` (any nesting), sorted; hidden files included."""
+    """Every regular file under ``folder`` (any nesting), sorted; hidden files included.
+
+    Symbolic links to folders and files are followed (archives often link study folders
+    into one tree); a folder reached twice (a link loop, or two links to one folder) is
+    walked once.
+    """
     folder = Path(folder)
     found = []
-    for root, dirs, files in os.walk(folder):
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs.sort()
         for name in sorted(files):
             path = Path(root) / name
@@ -159,6 +172,7 @@ def scan_headers(
         add_dynamic_groups(infos)
         for info in infos:
             info.proposed_role, info.rule = classify(info.features, rules)
+            info.rule_reason = rule_reason(info.rule, rules)
             info.role = info.proposed_role
         check_study(infos)
         studies[study_uid] = infos
@@ -239,6 +253,14 @@ def describe_series(series: Series, study_index: int, series_id: str) -> SeriesI
         "image_type": list(first.image_type),
         "image_type_value1": first.image_type[0] if first.image_type else "",
         "has_pixels": first.has_pixels,
+        "sop_class": first.sop_class,
+        "samples_per_pixel": _number(attributes.get("SamplesPerPixel")),
+        "photometric": str(attributes.get("PhotometricInterpretation") or "").upper(),
+        "conversion_type": attributes.get("ConversionType") or None,
+        "burned_in_annotation": str(attributes.get("BurnedInAnnotation") or "").upper(),
+        "units": str(attributes.get("Units") or "").upper(),
+        "rows": frames[0].rows if frames else None,
+        "columns": frames[0].columns if frames else None,
         "echo_time_ms": _number(attributes.get("EchoTime")),
         "repetition_time_ms": _number(attributes.get("RepetitionTime")),
         "inversion_time_ms": _number(attributes.get("InversionTime")),
@@ -424,15 +446,37 @@ def _build(plan: Plan) -> None:
             plan.problem = f"SUV refused: {refused}"
 
 
-def check_study(infos: list[SeriesInfo]) -> list[Plan]:
-    """Plan the study for the current roles and set each series' output, status, reason."""
+def not_used_reason(info: SeriesInfo) -> str:
+    """Why a series of a role that is not assembled is not used."""
+    if info.role == "skip":
+        return "skip: set in the inventory"
+    if info.role == info.proposed_role and info.rule_reason:
+        return f"{info.role}: {info.rule_reason}"
+    return f"{info.role}: not assembled"
+
+
+def check_study(infos: list[SeriesInfo], tumour_pattern: str | None = None) -> list[Plan]:
+    """Plan the study for the current roles and set each series' output, status, reason.
+
+    Returns the image plans; mask series (RT Structure Sets, SEG) get the output and
+    reason of their :func:`primage.dicom.masks.plan_masks` plan.
+    """
     plans = plan_study(infos)
     for info in infos:
         info.output, info.status, info.reason = "", "ok", ""
         notes = list(info.series.notes)
         if info.role in NOT_ASSEMBLED_ROLES:
             info.status = "error" if info.series.problems else "ok"
-            info.reason = "; ".join(info.series.problems + notes) or f"{info.role}: not assembled"
+            info.reason = "; ".join(info.series.problems + notes) or not_used_reason(info)
+    for mask in plan_masks(infos, plans, tumour_pattern):
+        info = mask.info
+        if mask.problem:
+            info.status, info.reason = "error", mask.problem
+            continue
+        info.output = mask.name or ""
+        chosen = ", ".join(f"{label}: {name}" for label, _index, name in mask.labels)
+        unused = f"; not used: {', '.join(mask.unused)}" if mask.unused else ""
+        info.reason = f"on {mask.image.name}; labels {chosen}{unused}"
     for plan in plans:
         for member in plan.members:
             if plan.problem:

@@ -2,11 +2,13 @@
 
 * :func:`inverse_small` inverts stacks of 1x1, 2x2 or 3x3 matrices in closed form (NaN
   where a matrix is singular), so one bad voxel never aborts a whole batch as
-  ``numpy.linalg.inv`` would.
+  ``numpy.linalg.inv`` would; :func:`solve_small` solves such systems with the voxel
+  axis last (the layout the solver works in).
 * :func:`levenberg_marquardt` is a bounded Levenberg-Marquardt solver over a batch of
   independent problems with a common number of data points: each problem keeps its own
-  damping, steps are projected onto the box bounds, and converged problems drop out of
-  the active set so later iterations only touch the voxels still moving.
+  damping, steps are projected onto the box bounds (a parameter pushed against its
+  bound is held there while the others take their step), and converged problems drop
+  out of the active set so later iterations only touch the voxels still moving.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 
 #: model(params (P, n), rows (n,)) -> (prediction (M, n), jacobian (P, M, n)). Arrays are
 #: frames-major (the voxel axis last and contiguous), which suits recursions over frames.
-#: ``rows`` are the indices of the problems in the batch, for per-problem constants.
+#: ``rows`` are the indices of the problems in the batch, for per-problem constants. The
+#: solver keeps the arrays it is given, so a model must return new arrays on every call.
 Model = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
@@ -73,13 +76,75 @@ class LMResult:
 
 
 def _normal_matrix(jacobian: np.ndarray) -> np.ndarray:
-    """J^T J for a (P, M, n) Jacobian: (n, P, P)."""
+    """J^T J for a (P, M, n) Jacobian, voxel axis last: (P, P, n)."""
     count = jacobian.shape[0]
-    normal = np.empty((jacobian.shape[2], count, count))
+    normal = np.empty((count, count, jacobian.shape[2]))
     for i in range(count):
         for j in range(i, count):
-            normal[:, i, j] = normal[:, j, i] = np.einsum("mn,mn->n", jacobian[i], jacobian[j])
+            normal[i, j] = np.einsum("mn,mn->n", jacobian[i], jacobian[j])
+            normal[j, i] = normal[i, j]
     return normal
+
+
+def _inverse_diagonal(a: np.ndarray) -> np.ndarray:
+    """Diagonal of the inverse of each (P, P, n) matrix, P <= 3 (NaN or inf where singular)."""
+    size = a.shape[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if size == 1:
+            return 1.0 / a[0]
+        if size == 2:
+            det = a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]
+            return np.stack([a[1, 1], a[0, 0]]) / det
+        c00 = a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1]
+        c11 = a[0, 0] * a[2, 2] - a[0, 2] * a[2, 0]
+        c22 = a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]
+        det = (
+            a[0, 0] * c00
+            + a[0, 1] * (a[1, 2] * a[2, 0] - a[1, 0] * a[2, 2])
+            + a[0, 2] * (a[1, 0] * a[2, 1] - a[1, 1] * a[2, 0])
+        )
+        return np.stack([c00, c11, c22]) / det
+
+
+def solve_small(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Solve ``A x = b`` for stacks with the voxel axis last: A (P, P, n), b (P, n), P <= 3.
+
+    Cramer's rule on contiguous rows (much faster than (n, P, P) stacks for tiny P);
+    NaN where a matrix is singular, by the same relative test as :func:`inverse_small`.
+    """
+    a, g = matrices, vectors
+    size = a.shape[0]
+    scale = np.abs(a.reshape(size * size, -1)).max(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if size == 1:
+            det = a[0, 0]
+            x = g / det
+        elif size == 2:
+            det = a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]
+            x = np.empty_like(g)
+            np.divide(a[1, 1] * g[0] - a[0, 1] * g[1], det, out=x[0])
+            np.divide(a[0, 0] * g[1] - a[1, 0] * g[0], det, out=x[1])
+        elif size == 3:
+            c00 = a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1]
+            c01 = a[1, 2] * a[2, 0] - a[1, 0] * a[2, 2]
+            c02 = a[1, 0] * a[2, 1] - a[1, 1] * a[2, 0]
+            det = a[0, 0] * c00 + a[0, 1] * c01 + a[0, 2] * c02
+            # x = adj(A) b / det, adj(A)[i, j] = cofactor[j, i].
+            c10 = a[0, 2] * a[2, 1] - a[0, 1] * a[2, 2]
+            c11 = a[0, 0] * a[2, 2] - a[0, 2] * a[2, 0]
+            c12 = a[0, 1] * a[2, 0] - a[0, 0] * a[2, 1]
+            c20 = a[0, 1] * a[1, 2] - a[0, 2] * a[1, 1]
+            c21 = a[0, 2] * a[1, 0] - a[0, 0] * a[1, 2]
+            c22 = a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]
+            x = np.empty_like(g)
+            x[0] = (c00 * g[0] + c10 * g[1] + c20 * g[2]) / det
+            x[1] = (c01 * g[0] + c11 * g[1] + c21 * g[2]) / det
+            x[2] = (c02 * g[0] + c12 * g[1] + c22 * g[2]) / det
+        else:
+            raise ValueError(f"solve_small handles 1x1 to 3x3 systems, not {size}x{size}")
+    singular = ~np.isfinite(det) | (np.abs(det) <= 1e-13 * np.maximum(scale, 1e-300) ** size)
+    x[:, singular] = np.nan
+    return x
 
 
 def levenberg_marquardt(
@@ -92,18 +157,23 @@ def levenberg_marquardt(
     max_iterations: int = 50,
     rtol: float = 1e-8,
     xtol: float = 1e-6,
+    setol: float = 1e-2,
 ) -> LMResult:
     """Bounded Levenberg-Marquardt for n independent problems at once.
 
     ``params`` (P, n) are the starting values, ``data`` (M, n) the measurements;
-    ``lower``/``upper`` (P,) are box bounds (steps are clipped onto them). Damping follows
-    Marquardt (diagonal of J^T J), per problem. A problem stops when a step improves its
-    residual sum of squares by less than ``rtol`` relative, or moves no parameter by more
-    than ``xtol`` relative, or its damping exceeds 1e12.
+    ``lower``/``upper`` (P,) are box bounds (steps are clipped onto them; a parameter on
+    a bound that the step would push outside is held for that step while the others are
+    solved for). Damping follows Marquardt (diagonal of J^T J), per problem. A problem
+    stops when a step improves its residual sum of squares by less than ``rtol``
+    relative, or moves no parameter by more than ``xtol`` relative or by more than
+    ``setol`` times its standard error (the remaining optimisation error is then far
+    below the noise; exact data still converge fully), or its damping exceeds 1e12.
 
     The problems still running form a working set that is compacted (copied down) only
     when fewer than 60 % of it are still running, so most iterations work on contiguous
-    arrays without gathering or scattering.
+    arrays without gathering or scattering. All per-problem arrays keep the problem axis
+    last (contiguous), so every operation is a long vector operation.
     """
     lower = np.asarray(lower, dtype=float)[:, None]
     upper = np.asarray(upper, dtype=float)[:, None]
@@ -112,7 +182,7 @@ def levenberg_marquardt(
     points = data.shape[0]
     final_params = np.clip(np.array(params, dtype=float), lower, upper)
     final_rss = np.full(n, np.nan)
-    final_normal = np.full((n, count, count), np.nan)
+    final_normal = np.full((count, count, n), np.nan)
     converged = np.zeros(n, dtype=bool)
 
     work = np.arange(n)
@@ -124,40 +194,64 @@ def levenberg_marquardt(
     rss = np.einsum("mn,mn->n", residual, residual)
     damping = np.full(n, 1e-3)
     live = np.isfinite(rss)
-    eye = np.eye(count)
     iteration = 0
+    dof = points - count
 
     def retire(selection: np.ndarray) -> None:
         index = work[selection]
         final_params[:, index] = p[:, selection]
         final_rss[index] = rss[selection]
-        final_normal[index] = _normal_matrix(jacobian[:, :, selection])
+        final_normal[:, :, index] = _normal_matrix(jacobian[:, :, selection])
 
     while live.any() and iteration < max_iterations:
         iteration += 1
-        normal = _normal_matrix(jacobian)
-        gradient = np.einsum("pmn,mn->np", jacobian, residual)
-        diagonal = np.einsum("npp->np", normal)
-        damped = normal + (damping[:, None] * np.maximum(diagonal, 1e-30))[:, :, None] * eye
-        step = np.einsum("npq,nq->pn", inverse_small(damped), gradient)
-        bad_step = ~np.all(np.isfinite(step), axis=0)
+        damped = _normal_matrix(jacobian)
+        if dof > 0 and setol > 0:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                variance = _inverse_diagonal(damped) * (rss / dof)
+        gradient = np.einsum("pmn,mn->pn", jacobian, residual)
+        for i in range(count):
+            damped[i, i] += damping * np.maximum(damped[i, i], 1e-30)
+        # A parameter on a bound whose descent direction points outside is held there for
+        # this step (identity row and column), so the others take their own full step
+        # instead of a clipped joint one; without this, voxels at a bound (e.g. ADC = 0 in
+        # air) crawl to max_iterations.
+        held = ((p <= lower) & (gradient < 0)) | ((p >= upper) & (gradient > 0))
+        if held.any():
+            free = ~held
+            damped *= free[:, None, :] & free[None, :, :]
+            for i in range(count):
+                damped[i, i] += held[i]
+            gradient[held] = 0.0
+        step = solve_small(damped, gradient)
+        bad_step = ~np.isfinite(step.sum(axis=0))
         step[:, bad_step] = 0.0
         trial = np.clip(p + step, lower, upper)
         trial_prediction, trial_jacobian = model(trial, work)
         trial_residual = y - trial_prediction
         trial_rss = np.einsum("mn,mn->n", trial_residual, trial_residual)
         better = live & np.isfinite(trial_rss) & (trial_rss < rss)
-        moved = np.max(np.abs(trial - p) / (np.abs(p) + xtol), axis=0)
+        delta = np.abs(trial - p)
+        moved = (delta / (np.abs(p) + xtol)).max(axis=0)
         gain = np.where(better, rss - trial_rss, 0.0)
-        old_rss = rss.copy()
+        old_rss = rss
 
-        np.copyto(p, trial, where=better)
-        np.copyto(residual, trial_residual, where=better)
-        np.copyto(jacobian, trial_jacobian, where=better)
-        np.copyto(rss, trial_rss, where=better)
+        if better.all():  # the usual case: take the trial arrays instead of copying them
+            p, residual, jacobian, rss = trial, trial_residual, trial_jacobian, trial_rss
+        else:
+            rss = rss.copy()
+            np.copyto(p, trial, where=better)
+            np.copyto(residual, trial_residual, where=better)
+            np.copyto(jacobian, trial_jacobian, where=better)
+            np.copyto(rss, trial_rss, where=better)
         damping = np.where(better, np.maximum(damping * 0.3, 1e-12), damping * 10.0)
 
         done = better & ((gain <= rtol * np.maximum(old_rss, 1e-300)) | (moved <= xtol))
+        if dof > 0 and setol > 0:
+            # The step is below setol standard errors of every parameter: what is left to
+            # gain is far inside the noise (noise-only voxels otherwise converge slowly).
+            within = delta <= setol * np.sqrt(variance)
+            done |= better & within.all(axis=0)
         done |= bad_step & ~better
         done |= damping > 1e12
         done |= rss <= 1e-300
@@ -179,10 +273,9 @@ def levenberg_marquardt(
             live = np.ones(keep.size, dtype=bool)
     retire(np.ones(work.size, dtype=bool))
 
-    dof = points - count
     with np.errstate(invalid="ignore", divide="ignore"):
         variance = final_rss / dof if dof > 0 else np.full(n, np.nan)
-        covariance = inverse_small(final_normal) * variance[:, None, None]
+        covariance = inverse_small(np.moveaxis(final_normal, -1, 0)) * variance[:, None, None]
     return LMResult(final_params, final_rss, covariance, converged, iteration)
 
 

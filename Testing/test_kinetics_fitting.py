@@ -1,0 +1,90 @@
+"""The batched solvers of primage.kinetics.fitting against numpy and scipy, problem by problem."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.optimize import least_squares
+
+from primage.kinetics.fitting import levenberg_marquardt, solve_small, standard_errors
+
+B = np.array([0.0, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0])  # b / 1000 (ms/um^2)
+
+
+def exponential(params, _rows):
+    decay = np.exp(-np.outer(B, params[1]))
+    prediction = params[0] * decay
+    return prediction, np.stack([decay, -B[:, None] * prediction])
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_solve_small_matches_numpy_and_flags_singular_systems(size):
+    rng = np.random.default_rng(size)
+    n = 200
+    a = rng.normal(size=(n, size, size)) + 3 * np.eye(size)
+    a[-1] = 0.0  # singular
+    b = rng.normal(size=(n, size))
+    x = solve_small(np.moveaxis(a, 0, -1).copy(), b.T.copy())
+    expected = np.linalg.solve(a[:-1], b[:-1, :, None])[..., 0]
+    np.testing.assert_allclose(x[:, :-1].T, expected, rtol=1e-9, atol=1e-12)
+    assert np.all(np.isnan(x[:, -1]))
+
+
+def _scipy_fit(data, start, lower, upper):
+    def residual(p):
+        return p[0] * np.exp(-B * p[1]) - data
+
+    def jacobian(p):
+        decay = np.exp(-B * p[1])
+        return np.stack([decay, -B * p[0] * decay], axis=1)
+
+    fit = least_squares(
+        residual, start, jac=jacobian, bounds=(lower, upper), method="trf", xtol=1e-14, ftol=1e-14
+    )
+    return fit.x
+
+
+def test_levenberg_marquardt_agrees_with_scipy_including_problems_on_a_bound():
+    rng = np.random.default_rng(7)
+    n = 300
+    adc = rng.uniform(0.3, 3.0, n)
+    clean = np.exp(-np.outer(B, adc))
+    # A third of the problems are noise only (like air around the body): their optimum
+    # lies on the ADC = 0 bound or inside, with a poorly determined ADC.
+    clean[:, : n // 3] = 0.2
+    data = np.abs(clean + rng.normal(0, 0.03, clean.shape))
+    lower, upper = np.array([0.0, 0.0]), np.array([np.inf, 5.0])
+    start = np.vstack([data[0], np.full(n, 1.0)])
+    fit = levenberg_marquardt(exponential, start, data, lower, upper)
+    reference = np.array([_scipy_fit(data[:, i], start[:, i], lower, upper) for i in range(n)]).T
+    errors = standard_errors(fit.covariance).T
+    assert fit.converged.mean() > 0.99
+    ok = fit.converged
+    # Within 5 % of a standard error of scipy's optimum: far inside the noise.
+    difference = np.abs(fit.params - reference)[:, ok]
+    assert np.all(difference <= 0.05 * errors[:, ok] + 1e-9)
+    on_bound = reference[1] <= 1e-9
+    assert on_bound.sum() >= 20  # the case this test is about really occurs
+    # On the bound the amplitude is the least-squares value with ADC fixed at 0: mean(data).
+    np.testing.assert_allclose(fit.params[0, on_bound], data[:, on_bound].mean(axis=0), rtol=1e-6)
+
+
+def test_problems_with_the_optimum_on_a_bound_converge_in_a_few_iterations():
+    rng = np.random.default_rng(3)
+    data = 0.2 + np.abs(rng.normal(0, 0.01, (B.size, 500)))  # flat: ADC optimum below 0
+    data += 0.05 * B[:, None]  # rising with b: the optimum is ADC = 0 for every problem
+    start = np.vstack([data[0], np.full(500, 0.5)])
+    fit = levenberg_marquardt(exponential, start, data, [0.0, 0.0], [np.inf, 5.0], max_iterations=6)
+    assert fit.converged.all()
+    np.testing.assert_array_equal(fit.params[1], 0.0)
+    np.testing.assert_allclose(fit.params[0], data.mean(axis=0), rtol=1e-6)
+
+
+def test_exact_data_converge_fully_despite_the_noise_relative_stop():
+    adc = np.linspace(0.2, 3.0, 50)
+    data = 1.7 * np.exp(-np.outer(B, adc))
+    start = np.vstack([np.full(50, 1.0), np.full(50, 1.0)])
+    fit = levenberg_marquardt(exponential, start, data, [0.0, 0.0], [np.inf, 5.0])
+    assert fit.converged.all()
+    np.testing.assert_allclose(fit.params[1], adc, rtol=1e-8)
+    np.testing.assert_allclose(fit.params[0], 1.7, rtol=1e-8)

@@ -11,9 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
 import warnings
+import zlib
+from collections import deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -249,19 +253,88 @@ def _write_detached(image: sitk.Image, path: Path, compress: bool) -> Path:
     return path
 
 
+#: zlib settings of written ``.nii.gz`` files: level 1 with run-length matching (Z_RLE).
+#: On float maps it compresses as well as ITK's default gzip at about 3x the speed, on
+#: Int16 MR series within ~5 % of its size (see the README, "Performance"); any gzip
+#: reader (ITK/Slicer, nibabel, Python's gzip) decodes it.
+GZIP_LEVEL = 1
+GZIP_STRATEGY = zlib.Z_RLE
+#: Uncompressed bytes per block deflated in parallel.
+GZIP_BLOCK_BYTES = 1 << 22
+
+
+def _io_threads() -> int:
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except AttributeError:  # not on Linux
+        return max(1, min(8, os.cpu_count() or 1))
+
+
+def _deflate(block: bytes, last: bool) -> bytes:
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15, 8, GZIP_STRATEGY)
+    # A sync flush ends the block on a byte boundary, so raw deflate blocks made
+    # independently concatenate into one valid stream (as pigz does).
+    return compressor.compress(block) + compressor.flush(
+        zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH
+    )
+
+
+def gzip_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Compress ``source`` into ``target`` as one gzip member, its blocks deflated in
+    parallel threads (zlib releases the GIL) with :data:`GZIP_LEVEL` and
+    :data:`GZIP_STRATEGY`; memory stays bounded by a few blocks."""
+    threads = _io_threads()
+    crc, size = 0, 0
+    with open(source, "rb") as stream, open(target, "wb") as out:
+        # gzip header: no name, no time stamp, "fastest" flag, unknown OS.
+        out.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff")
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            pending: deque = deque()
+            block = stream.read(GZIP_BLOCK_BYTES)
+            while True:
+                following = stream.read(GZIP_BLOCK_BYTES)
+                crc = zlib.crc32(block, crc)
+                size += len(block)
+                pending.append(pool.submit(_deflate, block, not following))
+                while len(pending) > 2 * threads or (pending and not following):
+                    out.write(pending.popleft().result())
+                if not following:
+                    break
+                block = following
+        out.write(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
+
+
+def _write_nifti_gz(image: sitk.Image, temporary: str, path: Path) -> None:
+    # ITK writes the uncompressed NIfTI (fast); the gzip stream is made here, faster than
+    # ITK's single-threaded default level and byte-for-byte the same file once unzipped.
+    handle, raw = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part.nii", dir=path.parent)
+    os.close(handle)
+    try:
+        sitk.WriteImage(image, raw, useCompression=False)
+        gzip_file(raw, temporary)
+    finally:
+        os.unlink(raw)
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = True) -> Path:
     """Write ``image`` atomically: to a temporary file in the same folder, then rename.
 
     Detached-header formats (``.mhd``, ``.nhdr``) are written in a temporary folder and
-    moved data file first, header last.
+    moved data file first, header last. ``.nii.gz`` is always gzip (the ending says so),
+    made by :func:`gzip_file`; ``compress`` applies to the formats where compression is
+    optional (``.nrrd``, ``.mha``, ...).
     """
     path = Path(path)
-    if image_suffix(path) in DETACHED_HEADER_SUFFIXES:
+    suffix = image_suffix(path)
+    if suffix in DETACHED_HEADER_SUFFIXES:
         return _write_detached(image, path, compress)
     handle, temporary = _atomic_target(path)
     os.close(handle)
     try:
-        sitk.WriteImage(image, temporary, useCompression=compress)
+        if suffix == ".nii.gz":
+            _write_nifti_gz(image, temporary, path)
+        else:
+            sitk.WriteImage(image, temporary, useCompression=compress)
         os.chmod(temporary, _file_mode())
         os.replace(temporary, path)
     except BaseException:
@@ -278,6 +351,22 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+        os.chmod(temporary, _file_mode())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Write binary data (e.g. an encoded DICOM object) atomically."""
+    path = Path(path)
+    handle, temporary = _atomic_target(path)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
         os.chmod(temporary, _file_mode())
         os.replace(temporary, path)
     except BaseException:

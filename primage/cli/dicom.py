@@ -104,6 +104,10 @@ def register(subparsers) -> None:
     example.add_argument("--seed", type=int, default=0, help="digital patient seed (default 0)")
     example.set_defaults(handler=run_example)
 
+    from primage.cli.dicom_export import add_export_action
+
+    add_export_action(actions)
+
 
 def _input_folder(path: str) -> Path:
     folder = Path(path)

@@ -9,13 +9,40 @@ times), :mod:`~primage.kinetics.dwi`, :mod:`~primage.kinetics.dce`,
 as voxel arrays) and :mod:`~primage.kinetics.demo` (the demo report section).
 """
 
-from primage.kinetics.aif import ArterialInput, population_aif, read_aif_csv, sampled_aif
-from primage.kinetics.dce import dce_maps, semi_quantitative, spgr_concentration
-from primage.kinetics.dwi import adc_maps, fit_adc, fit_ivim, ivim_maps, roi_statistics
-from primage.kinetics.fcf import fcf_adc, fcf_iauc60, fcf_maps, kmeans_1d
-from primage.kinetics.series import KineticsCancelled, KineticsWarning
-from primage.kinetics.tofts import fit_tofts, tofts_maps
-from primage.kinetics.values import parse_values
+# The names below are imported on first use (PEP 562), so that ``primage kinetics adc``
+# does not pay for scipy.stats (imported by dce) at start-up.
+_SOURCES = {
+    "ArterialInput": "aif",
+    "population_aif": "aif",
+    "read_aif_csv": "aif",
+    "sampled_aif": "aif",
+    "dce_maps": "dce",
+    "semi_quantitative": "dce",
+    "spgr_concentration": "dce",
+    "adc_maps": "dwi",
+    "fit_adc": "dwi",
+    "fit_ivim": "dwi",
+    "ivim_maps": "dwi",
+    "roi_statistics": "dwi",
+    "fcf_adc": "fcf",
+    "fcf_iauc60": "fcf",
+    "fcf_maps": "fcf",
+    "kmeans_1d": "fcf",
+    "KineticsCancelled": "series",
+    "KineticsWarning": "series",
+    "fit_tofts": "tofts",
+    "tofts_maps": "tofts",
+    "parse_values": "values",
+}
+
+
+def __getattr__(name: str):
+    if name in _SOURCES:
+        import importlib
+
+        return getattr(importlib.import_module(f"primage.kinetics.{_SOURCES[name]}"), name)
+    raise AttributeError(f"module 'primage.kinetics' has no attribute {name!r}")
+
 
 __all__ = [
     "ArterialInput",

@@ -38,6 +38,10 @@ def test_default_text_is_the_default_configuration():
         ("register: {presets: {ct: mr-cat}}", "'register.presets.ct': unknown registration"),
         ('register: {stages: {ct: "rigid,warp"}}', "'register.stages.ct'"),
         ("register: {dwi_volume: median}", "'register.dwi_volume' must be one of"),
+        (
+            "register: {same_frame_of_reference: resampel}",
+            "got 'resampel' (did you mean 'resample'?)",
+        ),
         ("segment: {method: unet}", "'segment.method' must be one of given"),
         ("radiomics: {setting: {binWidht: 3}}", "'radiomics.setting': unknown key 'binWidht'"),
         ("radiomics: {preset: nope}", "'radiomics.preset': unknown radiomics preset"),

@@ -32,6 +32,8 @@ from primage.pipeline.units import FileHashes, timestamp
 PACKAGES = (
     "numpy", "scipy", "SimpleITK", "pyradiomics-bhklab", "dask", "distributed", "PyYAML",
 )  # fmt: skip
+#: Unit details copied into provenance.json (the register step's alignment decision).
+PROVENANCE_DETAILS = ("alignment", "alignment_reason", "displacement_mm")
 STATES = ("pending", "running", "done", "up-to-date", "failed", "blocked")
 
 
@@ -178,6 +180,8 @@ def run_case(
                             "state": u.state,
                             "seconds": round(u.seconds, 3),
                             "finished": u.finished,
+                            # How a series reached the reference grid, and why.
+                            **{k: u.details[k] for k in PROVENANCE_DETAILS if k in u.details},
                         }
                         for u in outcome.units
                     ],
@@ -265,6 +269,9 @@ def summarise(
             "verdict": qc.get("verdict"),
             "reason": qc.get("reason"),
             "preset": qc.get("registration", {}).get("preset"),
+            "alignment": qc.get("alignment"),
+            "alignment_reason": qc.get("alignment_reason"),
+            "displacement_mm": qc.get("displacement_mm", {}).get("mean"),
             "mutual_information_before": qc.get("metric_before", {}).get("mutual_information"),
             "mutual_information_after": qc.get("metric_after", {}).get("mutual_information"),
             "dice_after": qc.get("dice_after"),

@@ -11,7 +11,15 @@ A case is a folder ``<case_id>/`` holding any of ``t2w``, ``t1w``, ``dwi`` (with
      "dce": {"flip_angle_deg": 15, "repetition_time_s": 0.004}}
 
 ``series`` adds extra 3D series under their role; ``dce`` gives acquisition values for
-the Tofts model; every other scalar key (and each ``groups`` entry) becomes a column of
+the Tofts model; ``files`` (written by ``primage dicom assemble``) describes each file, and
+its ``frame_of_reference`` entry (an opaque token: equal tokens mean the same DICOM
+FrameOfReferenceUID, i.e. the same scanner coordinates) tells the pipeline which series
+are already aligned::
+
+    {"files": {"ct.nii.gz": {"frame_of_reference": "FoR-1"},
+               "pet.nii.gz": {"frame_of_reference": "FoR-1"}}}
+
+Every other scalar key (and each ``groups`` entry) becomes a column of
 ``features.csv``. Keys that could identify a patient (names, birth dates, patient IDs,
 ...) are never copied: the case folder name is the only identifier.
 
@@ -48,8 +56,10 @@ class Case:
     ``series``: role -> image file; ``values``: 4D role -> b-value / frame-time file;
     ``masks``: ``"reference"`` (``tumour.*``) or role -> mask file; ``metadata``: the
     safe scalar entries of ``case.json`` (``group_<name>`` for groups); ``acquisition``:
-    ``case.json``'s ``dce`` entry; ``problems``: what is wrong with the folder itself
-    (the case then fails at its first step, the cohort goes on).
+    ``case.json``'s ``dce`` entry; ``frames_of_reference``: series role -> frame-of-reference
+    token and ``mask_frames_of_reference``: mask key -> token (from ``case.json``'s
+    ``files``; files without a token are absent); ``problems``: what is wrong with the
+    folder itself (the case then fails at its first step, the cohort goes on).
     """
 
     case_id: str
@@ -59,6 +69,8 @@ class Case:
     masks: dict[str, Path] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     acquisition: dict[str, Any] = field(default_factory=dict)
+    frames_of_reference: dict[str, str] = field(default_factory=dict)
+    mask_frames_of_reference: dict[str, str] = field(default_factory=dict)
     dropped_keys: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -68,6 +80,11 @@ class Case:
         if (self.folder / "case.json").is_file():
             files.append(self.folder / "case.json")
         return {_relative(p, self.folder): p for p in sorted(set(files))}
+
+    def same_frame_of_reference(self, role: str, other: str) -> bool | None:
+        """Whether series ``role`` shares ``other``'s frame of reference (None: unknown)."""
+        a, b = self.frames_of_reference.get(role), self.frames_of_reference.get(other)
+        return None if a is None or b is None else a == b
 
 
 def _relative(path: Path, folder: Path) -> str:
@@ -87,21 +104,54 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool)) or value is None
 
 
-def _read_case_json(case: Case) -> None:
+def _file_frames(case: Case, files: Any) -> dict[str, str]:
+    """File name -> frame-of-reference token, from case.json's ``files`` entry."""
+    if not isinstance(files, dict):
+        case.problems.append('case.json "files" must map file names to descriptions')
+        return {}
+    frames = {}
+    for name, entry in files.items():
+        if not isinstance(entry, dict) or entry.get("frame_of_reference") is None:
+            continue
+        token = entry["frame_of_reference"]
+        if isinstance(token, bool) or not isinstance(token, (str, int)) or str(token) == "":
+            case.problems.append(
+                f'case.json "files" {name!r}: "frame_of_reference" must be a non-empty text, '
+                f"got {token!r}"
+            )
+            continue
+        frames[str(name)] = str(token)
+    return frames
+
+
+def _assign_frames(case: Case, frames: dict[str, str]) -> None:
+    for table, target in ((case.series, case.frames_of_reference),
+                          (case.masks, case.mask_frames_of_reference)):  # fmt: skip
+        for role, path in table.items():
+            token = frames.get(_relative(path, case.folder))
+            if token is not None:
+                target[role] = token
+
+
+def _read_case_json(case: Case) -> dict[str, str]:
+    """Read case.json into ``case``; returns its file name -> frame-of-reference tokens."""
     path = case.folder / "case.json"
+    frames: dict[str, str] = {}
     if not path.is_file():
-        return
+        return frames
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         case.problems.append(f"case.json cannot be read: {error}")
-        return
+        return frames
     if not isinstance(data, dict):
         case.problems.append("case.json must hold a JSON object")
-        return
+        return frames
     for key, value in data.items():
         if _is_identifying(key):
             case.dropped_keys.append(key)
+        elif key == "files":
+            frames = _file_frames(case, value)
         elif key == "series":
             if not isinstance(value, dict):
                 case.problems.append('case.json "series" must map roles to file names')
@@ -126,6 +176,7 @@ def _read_case_json(case: Case) -> None:
                 case.acquisition = {k: v for k, v in value.items() if _scalar(v)}
         elif _scalar(value):
             case.metadata[key] = value
+    return frames
 
 
 def check_case_id(case_id: str) -> str:
@@ -162,7 +213,7 @@ def read_case(folder: str | os.PathLike, case_id: str | None = None) -> Case:
     for role, name in SERIES_4D.items():
         if (folder / name).is_file():
             case.values[role] = folder / name
-    _read_case_json(case)
+    _assign_frames(case, _read_case_json(case))
     if not case.series:
         case.problems.append(
             f"no series found in {folder.name} (expected e.g. t2w.nii.gz, dwi.nii.gz)"

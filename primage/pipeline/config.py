@@ -23,6 +23,8 @@ STEP_ORDER = ("preprocess", "register", "segment", "kinetics", "radiomics")
 #: Series roles of the case layout (``<role>.nii.gz``); 4D roles carry their index values.
 SERIES_ROLES = ("t2w", "t1w", "dwi", "dce", "ct", "pet")
 SERIES_4D = {"dwi": "dwi.bval", "dce": "dce.times"}
+#: What the register step does with a series in the reference's frame of reference.
+SAME_FRAME_MODES = ("resample", "refine", "register")
 #: Kinetic maps the radiomics step can measure (written by the kinetics step).
 MAP_NAMES = ("adc", "iauc60", "ktrans", "ve", "kep")
 
@@ -40,6 +42,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
             "pet": "pet-ct",
         },
         "stages": {},
+        "same_frame_of_reference": "resample",
+        "refine_max_mm": 5.0,
         "dwi_volume": "lowest-b",
         "dce_baseline_frames": 3,
         "use_masks": False,
@@ -103,6 +107,17 @@ register:
     pet: pet-ct
   # Stages per role replacing the preset's, e.g. {ct: "rigid,affine,bspline"}.
   stages: {}
+  # A series that shares the reference's DICOM frame of reference (the same
+  # "frame_of_reference" token in case.json, as `primage dicom assemble` writes it, e.g.
+  # the PET and CT of one PET/CT) is already aligned by the scanner:
+  #   resample  only resample it onto the reference grid (identity transform);
+  #   refine    a rigid refinement from that alignment, kept only when it improves mutual
+  #             information (dense histogram) and moves the reference tumour (or image)
+  #             by at most refine_max_mm on average; otherwise resampled only;
+  #   register  register it with its preset like any other series.
+  # Series in another or an unknown frame of reference are always registered.
+  same_frame_of_reference: resample
+  refine_max_mm: 5.0
   # Volume of a DWI series that is registered: "lowest-b" (the b = 0 image) or "mean".
   dwi_volume: lowest-b
   # DCE: the mean of the first N (pre-contrast) frames is registered.
@@ -211,8 +226,10 @@ def _number(value: Any, path: str, low: float, high: float, *, integer: bool = F
 
 def _choice(value: Any, choices: tuple, path: str) -> str:
     if value not in choices:
+        close = difflib.get_close_matches(str(value), list(choices), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise PrimageInputError(
-            f"{_where(path)} must be one of {', '.join(choices)}, got {value!r}"
+            f"{_where(path)} must be one of {', '.join(choices)}, got {value!r}{hint}"
         )
     return value
 
@@ -296,6 +313,12 @@ def validate_config(data: Any, *, base: str | os.PathLike | None = None) -> dict
             settings_for(register["presets"][role], stages)
         except PrimageInputError as error:
             raise PrimageInputError(f"{_where(name)}: {error}") from None
+    _choice(
+        register["same_frame_of_reference"],
+        SAME_FRAME_MODES,
+        "register.same_frame_of_reference",
+    )
+    register["refine_max_mm"] = _number(register["refine_max_mm"], "register.refine_max_mm", 0, 100)
     _choice(register["dwi_volume"], ("lowest-b", "mean"), "register.dwi_volume")
     _number(register["dce_baseline_frames"], "register.dce_baseline_frames", 1, 50, integer=True)
     _bool(register["use_masks"], "register.use_masks")

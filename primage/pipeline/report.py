@@ -39,6 +39,9 @@ def feature_row(summary: dict[str, Any]) -> dict[str, Any]:
     row["tumour_volume_ml"] = _number(summary.get("tumour", {}).get("volume_ml"))
     for role, qc in summary.get("registration", {}).items():
         row[f"qc_{role}_verdict"] = qc.get("verdict") or ""
+        row[f"qc_{role}_alignment"] = qc.get("alignment") or ""
+        row[f"qc_{role}_alignment_reason"] = qc.get("alignment_reason") or ""
+        row[f"qc_{role}_displacement_mm"] = _number(qc.get("displacement_mm"))
         row[f"qc_{role}_mutual_information"] = _number(qc.get("mutual_information_after"))
         if qc.get("dice_after") is not None:
             row[f"qc_{role}_dice"] = qc["dice_after"]
@@ -109,6 +112,19 @@ section{border-top:2px solid #ddd;margin-top:1.5em}
 """
 
 
+def _registration_cell(qc: dict[str, Any]) -> str:
+    """Verdict, then how the series reached the reference grid and why."""
+    text = html.escape(qc.get("verdict") or "")
+    if qc.get("alignment"):
+        moved = qc.get("displacement_mm")
+        shift = f"; moved {moved:.2f} mm" if isinstance(moved, (int, float)) else ""
+        text += (
+            f"<br><small>{html.escape(qc['alignment'])}: "
+            f"{html.escape(qc.get('alignment_reason') or '')}{shift}</small>"
+        )
+    return text
+
+
 def report_html(summaries: list[dict], output_dir: Path, config: dict, run: dict) -> str:
     """The HTML text of ``report.html``."""
     ordered = sorted(summaries, key=lambda s: (STATUS_ORDER.get(s["status"], 3), s["case_id"]))
@@ -145,10 +161,7 @@ def report_html(summaries: list[dict], output_dir: Path, config: dict, run: dict
             f'<a href="#case-{html.escape(s["case_id"])}">{html.escape(s["case_id"])}</a>',
             html.escape(s["status"]),
             html.escape(reason),
-            *(
-                html.escape(s.get("registration", {}).get(r, {}).get("verdict") or "")
-                for r in roles
-            ),
+            *(_registration_cell(s.get("registration", {}).get(r, {})) for r in roles),
             _format(s.get("tumour", {}).get("volume_ml")),
             _format(adc),
             _format(iauc),

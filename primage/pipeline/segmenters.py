@@ -35,6 +35,9 @@ class SegmentationRequest:
     images: dict[str, Path] = field(default_factory=dict)
     #: The ``segment`` section of the configuration (model folder, device, post-processing).
     options: dict = field(default_factory=dict)
+    #: Mask roles drawn in the reference's frame of reference (case.json tokens): usable
+    #: on the reference grid as they are, even without a registration of their series.
+    same_frame: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,8 @@ def given_masks(request: SegmentationRequest) -> sitk.Image:
 
     ``tumour.nii.gz`` (drawn on the reference series) wins; otherwise the first
     ``tumour_<role>.nii.gz`` whose role has a registration transform is carried onto the
-    reference through it (nearest neighbour). Any non-zero voxel is tumour.
+    reference through it (nearest neighbour), else the first one in the reference's frame
+    of reference is resampled onto it as it is. Any non-zero voxel is tumour.
     """
     from primage.io import read_image
     from primage.registration.core import read_transform
@@ -95,6 +99,10 @@ def given_masks(request: SegmentationRequest) -> sitk.Image:
             mask = read_image(path, role=f"tumour mask of {role}")
             transform = read_transform(request.transforms[role], role=f"transform of {role}")
             return _binary_on_reference(mask, request.reference, transform)
+    for role, path in sorted(request.masks.items()):
+        if role in request.same_frame:
+            mask = read_image(path, role=f"tumour mask of {role}")
+            return _binary_on_reference(mask, request.reference)
     if request.masks:
         raise PrimageInputError(
             f"tumour mask(s) of {', '.join(sorted(request.masks))} cannot be carried onto the "
@@ -108,7 +116,7 @@ def given_masks(request: SegmentationRequest) -> sitk.Image:
 register_segmenter(
     "given",
     given_masks,
-    "1",
+    "2",
     "the case's tumour.nii.gz, or tumour_<role>.nii.gz carried onto the reference",
 )
 

@@ -32,7 +32,7 @@ from primage.pipeline.units import FileHashes, Unit, UnitOutcome, run_unit
 #: Code versions of the units (see the module docstring).
 VERSIONS = {
     "preprocess": "1",
-    "register": "1",
+    "register": "2",
     "segment": "1",
     "kinetics": "1",
     "radiomics": "1",
@@ -186,9 +186,140 @@ def _index_values(ctx: CaseContext, role: str) -> np.ndarray | None:
     return parse_values(path, role="b-values" if role == "dwi" else "frame times")
 
 
+#: How the register step put a series onto the reference grid (``alignment`` in the QC
+#: JSON, the summary, features.csv and the report).
+ALIGNMENTS = ("registered", "resampled", "refined")
+
+
+def alignment_mode(ctx: CaseContext, role: str, preset: str) -> tuple[str, str]:
+    """What the register step does with ``role``: ``(mode, why)``, mode one of
+    ``register``, ``resample``, ``refine`` (see ``register.same_frame_of_reference``)."""
+    reference = ctx.reference
+    same = ctx.case.same_frame_of_reference(role, reference)
+    if preset == "none":
+        return "resample", "registration preset none: resampled only"
+    if same:
+        mode = ctx.config["register"]["same_frame_of_reference"]
+        why = {
+            "resample": f"same frame of reference as {reference}: resampled only",
+            "refine": f"same frame of reference as {reference}: rigid refinement",
+            "register": f"same frame of reference as {reference}, registered with {preset} "
+            "(same_frame_of_reference: register)",
+        }[mode]
+        return mode, why
+    if same is None:
+        return "register", f"frame of reference unknown: registered with {preset}"
+    return "register", f"other frame of reference than {reference}: registered with {preset}"
+
+
+def refinement_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A rigid refinement from the headers' alignment: one rigid stage with the preset's
+    metric and histogram bins and the default pyramid, which ends at full resolution (a
+    preset's rigid stage may stop earlier and leave the detail to its affine stage); no
+    centre-of-mass start. :func:`_refine` decides whether the result is kept."""
+    rigid = next((s for s in settings["stages"] if s["stage"] == "rigid"), {})
+    stage = {"stage": "rigid"}
+    stage.update({k: rigid[k] for k in ("metric", "histogram_bins") if k in rigid})
+    return {**settings, "initialisation": "none", "stages": [stage]}
+
+
+def displacement_mm(
+    transform: sitk.Transform, fixed: sitk.Image, mask: sitk.Image | None = None
+) -> dict[str, Any]:
+    """How far ``transform`` moves points from the headers' alignment (mm): mean and
+    maximum over the voxels of ``mask`` (e.g. the reference tumour), or over a 4-fold
+    coarser copy of the ``fixed`` grid without one."""
+    from primage.io import mask_on_image_grid
+    from primage.registration.truth import transform_error
+
+    identity = sitk.Transform(3, sitk.sitkIdentity)
+    if mask is not None:
+        grid, region, over = fixed, mask_on_image_grid(mask, fixed, role="tumour mask"), "tumour"
+    else:
+        grid = sitk.Image([max(1, n // 4) for n in fixed.GetSize()], sitk.sitkUInt8)
+        grid.SetSpacing([s * 4 for s in fixed.GetSpacing()])
+        grid.SetOrigin(fixed.GetOrigin())
+        grid.SetDirection(fixed.GetDirection())
+        region, over = None, "image"
+    error = transform_error(transform, identity, grid, region)
+    return {"mean": round(error["mean_mm"], 4), "max": round(error["max_mm"], 4), "over": over}
+
+
+def _refine(fixed, moving, settings, masks, use_masks, bound_mm, why):
+    """Rigid refinement from the headers' alignment, kept only when it is better by
+    measures the optimiser did not see: mutual information on a dense histogram (every
+    voxel of the overlap, or of the dilated reference tumour when masks are used) must
+    rise, the Dice of the tumour masks (both given) must not fall by more than 0.01, and
+    the reference tumour (or image) must move at most ``bound_mm`` on average. Otherwise
+    the identity. Returns (transform, alignment, why, record)."""
+    from primage.registration import register_images
+    from primage.registration.core import dilate_mask
+    from primage.registration.qc import dice, propagate_mask, similarity
+
+    identity = sitk.Transform(3, sitk.sitkIdentity)
+    fixed_mask, moving_mask = masks.get("fixed_mask"), masks.get("moving_mask")
+    result = register_images(
+        fixed,
+        moving,
+        refinement_settings(settings),
+        fixed_mask=fixed_mask if use_masks else None,
+        moving_mask=moving_mask if use_masks else None,
+    )
+    refined = result.transform
+    region = None
+    if use_masks:
+        from primage.io import mask_on_image_grid
+
+        region = dilate_mask(
+            mask_on_image_grid(fixed_mask, fixed, role="fixed mask"), settings["mask_dilation_mm"]
+        )
+    before = similarity(fixed, moving, identity, region)["mutual_information"]
+    after = similarity(fixed, moving, refined, region)["mutual_information"]
+    moved = displacement_mm(refined, fixed, fixed_mask)
+    check: dict[str, Any] = {
+        "mutual_information_before": before,
+        "mutual_information_after": after,
+        "metric_region": "dilated tumour" if region is not None else "overlap",
+        "displacement_mm": moved,
+        "bound_mm": bound_mm,
+    }
+    problems = []
+    if before is None or after is None or after <= before:
+        problems.append(f"mutual information not better ({before} -> {after} nats)")
+    if fixed_mask is not None and moving_mask is not None:
+        fixed_binary = propagate_mask(fixed_mask, fixed, identity)
+        check["dice_before"] = round(
+            dice(fixed_binary, propagate_mask(moving_mask, fixed, identity)), 4
+        )
+        check["dice_after"] = round(
+            dice(fixed_binary, propagate_mask(moving_mask, fixed, refined)), 4
+        )
+        if check["dice_after"] < check["dice_before"] - 0.01:
+            problems.append(f"Dice worse ({check['dice_before']} -> {check['dice_after']})")
+    if moved["mean"] > bound_mm:
+        problems.append(
+            f"moved the {moved['over']} {moved['mean']:.2f} mm, more than refine_max_mm {bound_mm:g}"
+        )
+    check["kept"] = not problems
+    record = {"stages": result.stages, "seconds": result.seconds, "refinement": check}
+    if problems:
+        return (
+            identity,
+            "resampled",
+            f"{why} rejected ({'; '.join(problems)}): resampled only",
+            record,
+        )
+    why += f" kept (MI {before} -> {after} nats, moved {moved['mean']:.2f} mm)"
+    return refined, "refined", why, record
+
+
 def step_register(ctx: CaseContext, progress) -> StepOutcome:
     """Every series onto the reference (:func:`primage.registration.register_images`),
-    with the QC of :func:`primage.registration.qc.quality_control` and its snapshots."""
+    with the QC of :func:`primage.registration.qc.quality_control` and its snapshots.
+
+    A series sharing the reference's frame of reference is resampled only (or refined,
+    or registered: ``register.same_frame_of_reference``); see :func:`alignment_mode`.
+    """
     from primage.registration import register_images, resample_to_fixed, settings_for
     from primage.registration.core import write_transform
     from primage.registration.qc import quality_control, write_snapshots
@@ -197,7 +328,8 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
     options = ctx.config["register"]
     reference = ctx.reference
     fixed_path = ctx.current[reference]
-    reference_mask = ctx.case.masks.get("reference")
+    # The tumour on the reference: tumour.* or tumour_<reference role>.*
+    reference_mask = ctx.case.masks.get("reference") or ctx.case.masks.get(reference)
     units = []
     for role, path in sorted(ctx.current.items()):
         if role == reference:
@@ -207,15 +339,25 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
             outcome.notes.append(f"{role}: no registration preset, not used after registration")
             continue
         settings = settings_for(preset, options["stages"].get(role)) if preset != "none" else None
+        mode, why = alignment_mode(ctx, role, preset)
         moving_mask = ctx.case.masks.get(role)
         inputs = {"fixed": fixed_path, "moving": path}
         if role in ctx.case.values:
             inputs["values"] = ctx.case.values[role]
-        if reference_mask is not None and moving_mask is not None:
-            inputs["fixed_mask"], inputs["moving_mask"] = reference_mask, moving_mask
+        if reference_mask is not None:
+            inputs["fixed_mask"] = reference_mask
+            if moving_mask is not None:
+                inputs["moving_mask"] = moving_mask
 
         def run(
-            folder: Path, role=role, path=path, preset=preset, settings=settings, inputs=inputs
+            folder: Path,
+            role=role,
+            path=path,
+            preset=preset,
+            settings=settings,
+            inputs=inputs,
+            mode=mode,
+            why=why,
         ):
             fixed = read_image(fixed_path, role=reference)
             series = read_image(path, dimension=_dimension(role), role=role)
@@ -228,10 +370,15 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
                 if key in inputs
             }
             use_masks = options["use_masks"] and len(masks) == 2
-            if settings is None:
-                transform = sitk.Transform(3, sitk.sitkIdentity)
-                record = {"preset": "none"}
-                thresholds = None
+            thresholds = settings["qc"] if settings is not None else None
+            record: dict[str, Any] = {"preset": preset, "mode": mode}
+            if mode == "resample":
+                transform, alignment = sitk.Transform(3, sitk.sitkIdentity), "resampled"
+            elif mode == "refine":
+                transform, alignment, why, extra = _refine(
+                    fixed, moving, settings, masks, use_masks, options["refine_max_mm"], why
+                )
+                record.update(extra)
             else:
                 result = register_images(
                     fixed,
@@ -240,17 +387,19 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
                     fixed_mask=masks.get("fixed_mask") if use_masks else None,
                     moving_mask=masks.get("moving_mask") if use_masks else None,
                 )
-                transform, thresholds = result.transform, settings["qc"]
-                record = {"preset": preset, "stages": result.stages, "seconds": result.seconds}
+                transform, alignment = result.transform, "registered"
+                record.update(stages=result.stages, seconds=result.seconds)
             qc = quality_control(
                 fixed,
                 moving,
                 transform,
-                fixed_mask=masks.get("fixed_mask"),
+                fixed_mask=masks.get("fixed_mask") if "moving_mask" in masks else None,
                 moving_mask=masks.get("moving_mask"),
                 thresholds=thresholds,
                 masks_used=use_masks,
             )
+            qc["alignment"], qc["alignment_reason"] = alignment, why
+            qc["displacement_mm"] = displacement_mm(transform, fixed, masks.get("fixed_mask"))
             # ITK text format: HDF5 files carry a write time, so the same transform would
             # hash differently on every run and needlessly rerun what reads it.
             outputs = {"transform": folder / f"{role}_to_{reference}.tfm"}
@@ -279,6 +428,9 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
             after = qc["metric_after"]
             return outputs, {
                 "preset": preset,
+                "alignment": alignment,
+                "alignment_reason": why,
+                "displacement_mm": qc["displacement_mm"]["mean"],
                 "verdict": qc["verdict"],
                 "reason": qc["reason"],
                 "mutual_information": after.get("mutual_information"),
@@ -291,6 +443,10 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
             used["dwi_volume"] = options["dwi_volume"]
         elif role == "dce":
             used["dce_baseline_frames"] = options["dce_baseline_frames"]
+        # The frame-of-reference decision comes from case.json, not from an input file.
+        used["mode"] = mode
+        if mode == "refine":
+            used["refine_max_mm"] = options["refine_max_mm"]
         units.append(
             Unit(
                 role,
@@ -311,6 +467,8 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
         for kind in ("fusion_after", "checkerboard_after", "fusion_before"):
             if kind in unit.outputs:
                 ctx.snapshots[f"{unit.name}_{kind}"] = unit.outputs[kind]
+        if unit.details.get("alignment_reason"):
+            outcome.notes.append(f"{unit.name}: {unit.details['alignment_reason']}")
         if unit.details.get("verdict") == "review":
             outcome.notes.append(
                 f"{unit.name}: registration needs review ({unit.details['reason']})"
@@ -337,6 +495,15 @@ def step_segment(ctx: CaseContext, progress) -> StepOutcome:
         {f"transform_{role}": ctx.transforms[role] for role in masks if role in ctx.transforms}
     )
     options = dict(ctx.config["segment"])
+    case = ctx.case
+    reference_frame = case.frames_of_reference.get(ctx.reference)
+    same_frame = frozenset(
+        role
+        for role in masks
+        if reference_frame is not None
+        and (case.mask_frames_of_reference.get(role) or case.frames_of_reference.get(role))
+        == reference_frame
+    )
     if method == "model":
         # The model's files are inputs: retraining the model reruns the segmentation.
         model_folder = Path(options["model"])
@@ -357,6 +524,7 @@ def step_segment(ctx: CaseContext, progress) -> StepOutcome:
             {role: ctx.transforms[role] for role in masks if role in ctx.transforms},
             dict(ctx.current),
             options,
+            same_frame,
         )
         mask = segmenter.function(request)
         voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
@@ -370,6 +538,7 @@ def step_segment(ctx: CaseContext, progress) -> StepOutcome:
         {
             "method": method,
             "segmenter": segmenter.version,
+            "same_frame": sorted(same_frame),
             **(
                 {"device": options["device"], "postprocess": options["postprocess"]}
                 if method == "model"

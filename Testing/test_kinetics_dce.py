@@ -54,10 +54,11 @@ def test_iauc60_matches_the_analytic_integral():
     times = np.arange(0.0, 240.1, 1.0)
     signal = 500.0 * (1.0 + enhancement(times))[None, :]
     result = semi_quantitative(signal, times, baseline_frames=20, global_arrival=T0)
-    assert result.bolus_arrival[0] == pytest.approx(T0)
+    assert result.bolus_arrival[0] == pytest.approx(T0, abs=0.05)  # 1 s frames
     exact = analytic_iauc(T0, T0)
-    # Trapezoidal rule on 1 s frames: error ~ dt^2/12 * |f'(t0)| ~ 2e-3 s here.
-    assert result.iauc60[0] == pytest.approx(exact, abs=5e-3)
+    # Trapezoidal rule on 1 s frames: error ~ dt^2/12 * |f'(t0)| ~ 2e-3 s here, plus the
+    # arrival's sub-frame error times RE(t0 + 60 s) ~ 0.76 (0.05 s -> 0.04 at most).
+    assert result.iauc60[0] == pytest.approx(exact, abs=0.04)
 
 
 @pytest.mark.parametrize("start", [31.3, 37.75])

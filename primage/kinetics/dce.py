@@ -60,6 +60,18 @@ IAUC_WINDOW_S = 60.0
 
 # --- bolus arrival ----------------------------------------------------------------------
 
+#: Frames the onset polynomial needs after the arrival interval (3 coefficients + 1 residual).
+ONSET_FRAMES = 3
+#: Fraction of the rise (first frame to peak) at which the onset window ends.
+ONSET_LEVEL = 0.5
+#: Frames kept after the first frame past ONSET_LEVEL.
+ONSET_EXTRA_FRAMES = 1
+#: Second pass: the onset window ends this long (s) after the first-pass arrival.
+ONSET_REFINE_S = 10.0
+ONSET_REFINE_PASSES = 3
+#: Residual reduction (in noise variances) that a step must bring to be kept.
+STEP_EVIDENCE = 9.0
+
 
 def knot_grid(times: np.ndarray, last: float) -> np.ndarray:
     """Candidate arrival times: every quarter of the shortest frame interval, t0..last (s)."""
@@ -99,32 +111,137 @@ def fit_arrival(curves: np.ndarray, times: np.ndarray, knots: np.ndarray, window
     return arrival, best_rss
 
 
-def upslope_window(curves: np.ndarray) -> np.ndarray:
-    """Frames (n, T) bool from the start to the first frame at half of each curve's rise.
+def onset_window_end(curves: np.ndarray) -> np.ndarray:
+    """Last frame (n,) of each curve's onset window: ONSET_EXTRA_FRAMES after the last frame
+    before the peak that is below ONSET_LEVEL of the rise (first frame to peak).
 
-    Fitting up to there keeps the linear-quadratic model on the upslope, where it
-    describes the onset; up to the peak itself the saturation of the curve pulls the
-    knot early. At least three frames are kept.
-    """
+    The last such frame, not the first above the level, so that baseline noise crossing
+    the level does not end the window early."""
     curves = np.atleast_2d(curves)
-    frame = np.arange(curves.shape[1])
+    count = curves.shape[1]
+    frame = np.arange(count)
     rows = np.arange(curves.shape[0])
     peak_frame = np.argmax(curves, axis=1)
     start = curves[:, 0]
-    half = curves - start[:, None] >= 0.5 * (curves[rows, peak_frame] - start)[:, None]
-    upslope = np.argmax(half & (frame[None, :] <= peak_frame[:, None]), axis=1)
-    return frame[None, :] <= np.maximum(upslope, 2)[:, None]
+    level = start + ONSET_LEVEL * (curves[rows, peak_frame] - start)
+    below = (curves < level[:, None]) & (frame[None, :] < peak_frame[:, None])
+    last_below = np.where(below.any(axis=1), count - 1 - np.argmax(below[:, ::-1], axis=1), 0)
+    return np.minimum(last_below + 1 + ONSET_EXTRA_FRAMES, count - 1)
+
+
+def _suffix(values: np.ndarray) -> np.ndarray:
+    """Sum over the frames after j, for every j: (n, T), 0 for the last frame."""
+    total = np.cumsum(values[:, ::-1], axis=1)[:, ::-1]
+    return np.concatenate([total[:, 1:], np.zeros((values.shape[0], 1))], axis=1)
+
+
+def fit_onset(curves: np.ndarray, times: np.ndarray, end: np.ndarray, latest: np.ndarray):
+    """Onset model fitted to the frames 0..end of each curve: (arrival (n,), onset value (n,)).
+
+    For every interval (t_j, t_j+1] the model is a constant a on the frames 0..j and a
+    quadratic q(t) on the frames j+1..end (at least ONSET_FRAMES); the interval with the
+    least residual sum of squares wins. Within it, the arrival is the time where q(t) = a
+    (the onset is continuous there); where q(t_j) > a the curve jumps (a step) and the
+    arrival is t_j, the last frame at baseline. The onset value is q at the arrival: a, or
+    the top of the step. Intervals starting after ``latest`` (s) are not considered. All
+    sums are prefix / suffix sums over the frames, so every voxel is solved at once.
+    """
+    curves = np.atleast_2d(curves)
+    n, count = curves.shape
+    frame = np.arange(count)
+    inside = (frame[None, :] <= end[:, None]).astype(float)
+    y = inside * np.where(np.isfinite(curves), curves, 0.0)
+    centre, scale = 0.5 * (times[0] + times[-1]), 0.5 * (times[-1] - times[0])
+    tau = (times - centre) / scale  # conditioning of the quadratic
+    before_count = np.cumsum(inside, axis=1)
+    before_sum = np.cumsum(y, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        level = before_sum / before_count
+        rss = np.cumsum(y * y, axis=1) - before_sum * level
+    sums = [_suffix(inside * tau**p) for p in range(5)]
+    vector = np.stack([_suffix(y * tau**p) for p in range(3)], axis=-1)
+    normal = np.empty((n, count, 3, 3))
+    for i in range(3):
+        for j in range(3):
+            normal[..., i, j] = sums[i + j]
+    beta = np.einsum("nkij,nkj->nki", inverse_small(normal), vector)
+    rss = rss + _suffix(y * y) - np.einsum("nki,nki->nk", beta, vector)
+    valid = (sums[0] >= ONSET_FRAMES) & np.isfinite(rss)
+    valid &= times[None, :] <= np.asarray(latest, dtype=float).reshape(-1, 1) + 1e-9
+    rss = np.where(valid, rss, np.inf)
+    best = np.argmin(rss, axis=1)
+    rows = np.arange(n)
+    found = np.isfinite(rss[rows, best])
+    best = np.minimum(best, count - 2)
+    a, coefficients = level[rows, best], beta[rows, best]
+
+    def excess(t):  # q(t) - a
+        x = (t - centre) / scale
+        return coefficients[:, 0] + coefficients[:, 1] * x + coefficients[:, 2] * x * x - a
+
+    low, high = times[best], times[best + 1]
+    at_low, at_high = excess(low), excess(high)
+    crossing = (at_low < 0) & (at_high > 0)
+    left, right = low.copy(), high.copy()
+    for _ in range(40):  # bisection: the bracket shrinks to 1e-12 of the interval
+        middle = 0.5 * (left + right)
+        up = excess(middle) > 0
+        right = np.where(up, middle, right)
+        left = np.where(up, left, middle)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.clip(np.where(at_high > 0, at_low / at_high, 1.0), 0.0, 1.0)
+    stepped = low + 0.5 * (high - low) * share
+    arrival = np.where(crossing, 0.5 * (left + right), np.where(at_low >= 0, stepped, high))
+    onset = a + np.maximum(excess(arrival), 0.0)
+    return np.where(found, arrival, np.nan), np.where(found, onset, np.nan), rss[rows, best]
+
+
+def bolus_arrival(curves: np.ndarray, times: np.ndarray, latest=np.inf, noise=0.0):
+    """Bolus arrival (s, (n,)) and onset value (RE; NaN for a continuous onset) of every
+    curve (n, T) of relative enhancement; see the module doc. ``noise``: the noise SD of
+    each curve (RE units; 0 for noise-free curves). NaN where no interval can be fitted."""
+    curves = np.atleast_2d(np.asarray(curves, dtype=float))
+    times = np.asarray(times, dtype=float)
+    latest = np.broadcast_to(np.asarray(latest, dtype=float), curves.shape[:1])
+    noise = np.broadcast_to(np.asarray(noise, dtype=float), curves.shape[:1])
+    end = onset_window_end(curves)
+    arrival, onset, step_rss = fit_onset(curves, times, end, latest)
+    # Refine on a window that ends ONSET_REFINE_S after the arrival: the quadratic only
+    # has to describe the first part of the rise (slow or convex starts).
+    for _ in range(ONSET_REFINE_PASSES):
+        known = np.isfinite(arrival)
+        start = np.where(known, arrival, times[0])
+        frame = np.searchsorted(times, start, side="right") - 1
+        short = np.searchsorted(times, start + ONSET_REFINE_S, side="right") - 1
+        short = np.clip(np.minimum(end, np.maximum(short, frame + ONSET_FRAMES)), 0, None)
+        refined, refined_onset, _ = fit_onset(curves, times, short, latest)
+        keep = known & np.isfinite(refined)
+        arrival = np.where(keep, refined, arrival)
+        onset = np.where(keep, refined_onset, onset)
+    # With noise, the free step is one more parameter to fit noise with: keep it only
+    # where it explains the frames better than a continuous onset by more than the noise
+    # could (STEP_EVIDENCE noise variances, a chi-square(1) test at p ~ 0.003).
+    noisy = noise > 0
+    if noisy.any():
+        last = float(np.min(np.where(np.isfinite(latest), latest, times[-2])))
+        window = np.arange(times.size)[None, :] <= end[noisy, None]
+        smooth, smooth_rss = fit_arrival(curves[noisy], times, knot_grid(times, last), window)
+        better = np.isfinite(smooth) & (
+            smooth_rss - step_rss[noisy] < STEP_EVIDENCE * noise[noisy] ** 2
+        )
+        arrival[noisy] = np.where(better, smooth, arrival[noisy])
+        onset[noisy] = np.where(better, np.nan, onset[noisy])
+    return arrival, onset
 
 
 def mean_curve_arrival(curve: np.ndarray, times: np.ndarray) -> float:
-    """Bolus arrival (s) of one curve (e.g. the mean signal of the mask)."""
-    curve = np.asarray(curve, dtype=float)[None, :]
-    window = upslope_window(curve)
-    last = times[int(np.flatnonzero(window[0])[-1])]
-    arrival, _ = fit_arrival(curve, times, knot_grid(times, last), window)
-    if not np.isfinite(arrival[0]):
-        return float(times[0])
-    return float(arrival[0])
+    """Bolus arrival (s) of one signal curve (e.g. the mean signal of the mask), by the same
+    onset model as the voxels, on the curve relative to its first frame."""
+    curve = np.asarray(curve, dtype=float)
+    times = np.asarray(times, dtype=float)
+    relative = curve / curve[0] - 1.0 if curve[0] > 0 else curve - curve[0]
+    arrival, _ = bolus_arrival(relative[None, :], times)
+    return float(arrival[0]) if np.isfinite(arrival[0]) else float(times[0])
 
 
 # --- integrals ---------------------------------------------------------------------------
@@ -155,6 +272,34 @@ def _hat_integrals(times: np.ndarray, x: np.ndarray) -> np.ndarray:
 def window_weights(times: np.ndarray, start: np.ndarray, length: float) -> np.ndarray:
     """Weights (n, T) with integral_{start}^{start+length} RE dt = weights @ RE per voxel."""
     return _hat_integrals(times, start + length) - _hat_integrals(times, start)
+
+
+def iauc_weights(times: np.ndarray, start: np.ndarray, length: float, onset: np.ndarray):
+    """Weights (n, T) and onset weight (n,) of the integral of RE from ``start`` (the
+    arrival) over ``length`` s: ``weights @ RE + onset_weight * onset``.
+
+    Where ``onset`` (bool, n) is set, the curve from the arrival to the next frame is the
+    line from the onset value (the fitted value at the arrival: the baseline level, or the
+    top of a step) to that frame, instead of the line between the frames around the
+    arrival, which would start the integral part-way up the rise. Elsewhere the onset
+    weight is 0 and the integral is the plain trapezoidal rule (``window_weights``).
+    """
+    start = np.asarray(start, dtype=float)
+    weights = window_weights(times, start, length)
+    following = np.clip(np.searchsorted(times, start, side="right"), 1, times.size - 1)
+    previous = following - 1
+    span = times[following] - start
+    covered = np.minimum(span, length)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # Integral over [start, start + covered] of the hat that is 1 at start and 0 at
+        # the next frame: the part of the integrand that the onset value replaces.
+        onset_weight = np.where(span > 0, covered * (1.0 - covered / (2.0 * span)), 0.0)
+    onset_weight = np.where(onset & np.isfinite(start), onset_weight, 0.0)
+    fraction = (start - times[previous]) / (times[following] - times[previous])
+    rows = np.arange(start.size)
+    weights[rows, previous] -= onset_weight * (1.0 - fraction)
+    weights[rows, following] -= onset_weight * fraction
+    return weights, onset_weight
 
 
 def interpolate_rows(times: np.ndarray, values: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -239,15 +384,18 @@ def semi_quantitative(
     rows = np.arange(n)
     if arrival == "global":
         bat = np.full(n, float(global_arrival))
+        onset = np.full(n, np.nan)
     elif arrival == "voxel":
-        knots = knot_grid(times, global_arrival + window_s)
-        window = upslope_window(enhancement)
-        bat, _ = fit_arrival(enhancement, times, knots, window)
+        bat, onset = bolus_arrival(
+            enhancement, times, latest=global_arrival + window_s, noise=noise_sd / safe
+        )
         with np.errstate(invalid="ignore"):
             enhancing = enhancement[rows, peak_frame] >= 5.0 * noise_sd / safe
         if not np.isfinite(noise_sd):
             enhancing = np.ones(n, dtype=bool)
-        bat = np.where(enhancing & np.isfinite(bat), bat, global_arrival)
+        own = enhancing & np.isfinite(bat)
+        bat = np.where(own, bat, global_arrival)
+        onset = np.where(own, onset, np.nan)
     else:
         raise PrimageInputError(f"unknown arrival mode {arrival!r}: use voxel or global")
 
@@ -269,11 +417,13 @@ def semi_quantitative(
         early = interpolate_rows(times, enhancement, np.minimum(early_time, times[-1]))
         ser = np.where((early_time <= times[-1]) & (last != 0), early / last, np.nan)
 
-    weights = window_weights(times, bat, window_s)
+    weights, onset_weight = iauc_weights(times, bat, window_s, np.isfinite(onset))
     inside = bat + window_s <= times[-1] + 1e-9
-    iauc = np.where(inside, np.einsum("nt,nt->n", weights, enhancement), np.nan)
+    iauc = np.einsum("nt,nt->n", weights, enhancement) + onset_weight * np.nan_to_num(onset)
+    iauc = np.where(inside, iauc, np.nan)
     # SE of iAUC60: RE_j = S_j / S_b - 1 with S_b the mean of the first N frames; first
-    # order propagation of independent noise (SD sigma) in every frame, BAT held fixed.
+    # order propagation of independent noise (SD sigma) in every frame, BAT and the onset
+    # value held fixed.
     sigma = noise_sd
     weighted_signal = np.einsum("nt,nt->n", weights, signal)
     baseline_weight = weights[:, :baseline_frames].sum(axis=1)

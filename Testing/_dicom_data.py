@@ -166,10 +166,12 @@ def identifying_strings() -> list[str]:
     return strings
 
 
-def leaks(paths: list[Path], extra_text: str = "") -> list[str]:
-    """``file: string`` for every identifying string found in the files (gzip opened too)."""
+def leaks(paths: list[Path], extra_text: str = "", also: list[str] = ()) -> list[str]:
+    """``file: string`` for every identifying string (and every string of ``also``, e.g.
+    FrameOfReferenceUIDs) found in the files (gzip opened too) or in ``extra_text``."""
     found = []
-    needles = [s.encode() for s in identifying_strings()]
+    strings = [*identifying_strings(), *also]
+    needles = [s.encode() for s in strings]
     for path in paths:
         blobs = [path.read_bytes()]
         if path.name.endswith(".gz"):
@@ -177,7 +179,7 @@ def leaks(paths: list[Path], extra_text: str = "") -> list[str]:
         for needle in needles:
             if any(needle.lower() in blob.lower() for blob in blobs):
                 found.append(f"{path}: {needle.decode()}")
-    for needle in identifying_strings():
+    for needle in strings:
         if needle.lower() in extra_text.lower():
             found.append(f"console output: {needle}")
     return found
@@ -215,3 +217,104 @@ def same_voxels(assembled: sitk.Image, source: sitk.Image, *, tolerance_mm: floa
     expected = sitk.GetArrayFromImage(source)[nearest[2], nearest[1], nearest[0]]
     np.testing.assert_allclose(values, expected, rtol=0, atol=1e-9 + 1e-6 * np.abs(expected).max())
     return distance
+
+
+RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+
+
+def write_structure_set(
+    path: Path, image_files: list[Path], rois: dict[str, list[np.ndarray]]
+) -> str:
+    """Write an RT Structure Set drawn on the series of ``image_files``; returns its UID.
+
+    ``rois``: ROI name -> closed planar contours, each an (n, 3) array of LPS points (mm).
+    The references (study, frame of reference, series, contour images) are the images'.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    images = [pydicom.dcmread(f, stop_before_pixels=True) for f in image_files]
+    first = images[0]
+    ds = Dataset()
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber"):  # fmt: skip
+        if keyword in first:
+            setattr(ds, keyword, first.get(keyword))
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
+    ds.SOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "RTSTRUCT"
+    ds.SeriesNumber = 90
+    ds.SeriesDescription = "contours"
+    ds.FrameOfReferenceUID = first.FrameOfReferenceUID
+    ds.StructureSetLabel = "contours"
+    ds.StructureSetDate = first.StudyDate
+    ds.StructureSetTime = "120000"
+    contour_images = []
+    for image in images:
+        item = Dataset()
+        item.ReferencedSOPClassUID = image.SOPClassUID
+        item.ReferencedSOPInstanceUID = image.SOPInstanceUID
+        contour_images.append(item)
+    series = Dataset()
+    series.SeriesInstanceUID = first.SeriesInstanceUID
+    series.ContourImageSequence = Sequence(contour_images)
+    study = Dataset()
+    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study.ReferencedSOPInstanceUID = first.StudyInstanceUID
+    study.RTReferencedSeriesSequence = Sequence([series])
+    frame = Dataset()
+    frame.FrameOfReferenceUID = first.FrameOfReferenceUID
+    frame.RTReferencedStudySequence = Sequence([study])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
+    structures, contours, observations = [], [], []
+    for number, (name, polygons) in enumerate(rois.items(), start=1):
+        roi = Dataset()
+        roi.ROINumber = number
+        roi.ReferencedFrameOfReferenceUID = first.FrameOfReferenceUID
+        roi.ROIName = name
+        roi.ROIGenerationAlgorithm = "MANUAL"
+        structures.append(roi)
+        items = []
+        for polygon in polygons:
+            item = Dataset()
+            item.ContourGeometricType = "CLOSED_PLANAR"
+            item.NumberOfContourPoints = len(polygon)
+            item.ContourData = [f"{v:.6f}" for v in np.asarray(polygon, float).ravel()]
+            items.append(item)
+        contour = Dataset()
+        contour.ReferencedROINumber = number
+        contour.ROIDisplayColor = [255, 0, 0]
+        contour.ContourSequence = Sequence(items)
+        contours.append(contour)
+        observation = Dataset()
+        observation.ObservationNumber = number
+        observation.ReferencedROINumber = number
+        observation.RTROIInterpretedType = "GTV"
+        observation.ROIInterpreter = ""
+        observations.append(observation)
+    ds.StructureSetROISequence = Sequence(structures)
+    ds.ROIContourSequence = Sequence(contours)
+    ds.RTROIObservationsSequence = Sequence(observations)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return str(ds.SeriesInstanceUID)
+
+
+def winding_inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """Points (m, 2) strictly inside a simple polygon (n, 2) by the winding number: an
+    algorithm independent of the rasteriser's even-odd crossing count."""
+    x, y = points[:, 0:1], points[:, 1:2]
+    x1, y1 = polygon[None, :, 0], polygon[None, :, 1]
+    x2, y2 = np.roll(polygon[:, 0], -1)[None], np.roll(polygon[:, 1], -1)[None]
+    side = (x2 - x1) * (y - y1) - (x - x1) * (y2 - y1)
+    up = (y1 <= y) & (y2 > y) & (side > 0)
+    down = (y1 > y) & (y2 <= y) & (side < 0)
+    return (up.sum(axis=1) - down.sum(axis=1)) != 0

@@ -176,6 +176,10 @@ def test_cases_follow_the_cohort_layout(example):
     record = json.loads((siemens / "case.json").read_text())
     assert record["files"]["dwi.nii.gz"]["b_value_source"].startswith("Siemens private")
     assert record["files"]["dce.nii.gz"]["time_source"].startswith("acquisition time")
+    # One frame of reference per study here: every file carries the same token.
+    for case in (siemens, _case_of(example, "petct")):
+        files = json.loads((case / "case.json").read_text())["files"]
+        assert {entry["frame_of_reference"] for entry in files.values()} == {"FoR-1"}
 
 
 @pytest.mark.parametrize(
@@ -333,7 +337,13 @@ def test_no_identifying_data_in_any_output(example, capfd, tmp_path):
     outputs += [p for p in (tmp_path / "again").rglob("*") if p.is_file()]
     outputs.append(example["inventory_path"])
     assert len(outputs) > 30
-    assert leaks(outputs, captured.out + captured.err) == []
+    # FrameOfReferenceUIDs are replaced by per-case tokens in case.json (FoR-1, ...).
+    frames = {
+        str(pydicom.dcmread(series.files[0], stop_before_pixels=True).FrameOfReferenceUID)
+        for series in example["truth"].values()
+    }
+    assert len(frames) >= 4
+    assert leaks(outputs, captured.out + captured.err, also=sorted(frames)) == []
     # The check itself finds an identity where there is one.
     planted = tmp_path / "planted.json"
     planted.write_text(json.dumps({"x": IDENTITIES["ge"]["PatientBirthDate"]}))

@@ -8,7 +8,13 @@ ADC, S(b) = S0 exp(-b ADC):
   ordinary log-linear fit (the variance of log S is sigma^2 / S^2); closed form, the fast
   estimate and the start of the non-linear fit.
 * ``"nlls"`` (default): non-linear least squares on the signal, bounded
-  Levenberg-Marquardt from the WLS estimate. Unbiased by the log transform.
+  Levenberg-Marquardt from the WLS estimate. Unbiased by the log transform, but not by
+  the noise floor of magnitude images: at b = 0 SNR 5 it is ~10-20 % low.
+* ``"rician"``: least squares of the Rician expectation E[M](S0 exp(-b ADC), sigma)
+  (:mod:`~primage.kinetics.rician`) from the NLLS estimate, with the noise sigma given
+  (scalar or per voxel). Not biased low at low SNR; equal to NLLS at high SNR. Its SE is
+  the first-order (sandwich) covariance with the Rician variance of every signal, so it
+  is the real uncertainty of a voxel near the floor, not its residual scatter.
 
 Standard errors come from the fit covariance, residual variance RSS / (n - 2) times
 inv(J^T J) (n: number of signals), so they need at least three signals; goodness of fit
@@ -30,7 +36,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from primage.errors import PrimageInputError
-from primage.kinetics.fitting import levenberg_marquardt, standard_errors
+from primage.kinetics.fitting import inverse_small, levenberg_marquardt, standard_errors
+from primage.kinetics.rician import rician_mean, rician_mean_slope, rician_variance
 from primage.kinetics.series import VoxelSeries, load_series, map_chunks, report
 from primage.kinetics.values import check_b_values
 
@@ -119,6 +126,30 @@ def _exponential_model(b: np.ndarray):
     return model
 
 
+def _rician_model(b: np.ndarray, sigma: np.ndarray):
+    """E[M](a exp(-b d), sigma) for the batched solver, params (a, d); ``sigma`` (n,) per row."""
+
+    def model(params: np.ndarray, rows: np.ndarray):
+        decay = np.exp(-np.outer(b, params[1]))  # (B, n)
+        amplitude = params[0] * decay
+        noise = sigma[rows]
+        slope = rician_mean_slope(amplitude, noise)
+        jacobian = np.stack([slope * decay, -b[:, None] * slope * amplitude])
+        return rician_mean(amplitude, noise), jacobian
+
+    return model
+
+
+def _sandwich_se(jacobian: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """SEs (n, P) of a least-squares fit with known data variances (M, n): the square roots
+    of the diagonal of inv(J^T J) (J^T V J) inv(J^T J), Jacobian (P, M, n)."""
+    normal = np.einsum("pmn,qmn->npq", jacobian, jacobian)
+    middle = np.einsum("pmn,mn,qmn->npq", jacobian, variance, jacobian)
+    inverse = inverse_small(normal)
+    covariance = np.einsum("npq,nqr,nrs->nps", inverse, middle, inverse)
+    return standard_errors(covariance)
+
+
 def _loglinear(log_signal: np.ndarray, b: np.ndarray, weights: np.ndarray | None):
     """Closed-form (weighted) fit of log S = ln S0 - b D for every voxel: (ln S0, D, cov)."""
     if weights is None:
@@ -141,15 +172,23 @@ def fit_adc(
     *,
     method: str = "nlls",
     bounds: tuple[float, float] = ADC_BOUNDS,
+    sigma=None,
 ) -> AdcFit:
     """Mono-exponential fit of every row of ``signal`` (n voxels, len(b_values)).
 
     Rows with a non-positive or non-finite signal are not fitted (NaN). ``method``:
-    ``"nlls"`` (default) or ``"wls"``; see the module docstring.
+    ``"nlls"`` (default), ``"wls"`` or ``"rician"`` (needs ``sigma``, the magnitude noise
+    SD in signal units: a scalar or one per row); see the module docstring.
     """
-    if method not in ("nlls", "wls"):
-        raise PrimageInputError(f"unknown ADC method {method!r}: use nlls or wls")
+    if method not in ("nlls", "wls", "rician"):
+        raise PrimageInputError(f"unknown ADC method {method!r}: use nlls, wls or rician")
     signal = np.atleast_2d(np.asarray(signal, dtype=float))
+    if method == "rician":
+        if sigma is None:
+            raise PrimageInputError("the Rician ADC fit needs the noise sigma (signal units)")
+        sigma = np.broadcast_to(np.asarray(sigma, dtype=float), signal.shape[:1])
+        if not np.all(np.isfinite(sigma) & (sigma >= 0)):
+            raise PrimageInputError("the noise sigma must be finite and >= 0")
     b = np.asarray(b_values, dtype=float) * _B_SCALE
     n, count = signal.shape
     if count != b.size:
@@ -198,6 +237,17 @@ def fit_adc(
         errors = standard_errors(fit.covariance)
         s0_se, slope_se = errors[:, 0], errors[:, 1]
     prediction = s0[:, None] * np.exp(-np.outer(adc, b))
+    if method == "rician":
+        noise = sigma[rows] / scale
+        model = _rician_model(b, noise)
+        lower, upper = [0.0, bounds[0] / _B_SCALE], [np.inf, bounds[1] / _B_SCALE]
+        fit = levenberg_marquardt(model, np.vstack([s0, adc]), y.T, lower, upper)
+        s0, adc = fit.params
+        expected, jacobian = model(fit.params, np.arange(rows.size))
+        amplitude = s0[None, :] * np.exp(-np.outer(b, adc))
+        errors = _sandwich_se(jacobian, rician_variance(amplitude, noise))
+        s0_se, slope_se = errors[:, 0], errors[:, 1]
+        prediction = expected.T
     rss = ((y - prediction) ** 2).sum(axis=1)
     tss = ((y - y.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):

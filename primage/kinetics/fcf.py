@@ -1,8 +1,16 @@
 """Fit-Cluster-Fit (FCF) habitats for ADC and iAUC60 (Cerda-Alberich et al., Cancers 2020).
 
-1. Fit: every voxel in the tumour mask is fitted with its standard error (ADC: the
-   non-linear mono-exponential fit; iAUC60: the semi-quantitative analysis, SE from the
-   pooled signal noise).
+The published steps, with what makes them hold for magnitude images at mixed SNR (Rician
+noise, :mod:`~primage.kinetics.rician`):
+
+0. Noise: sigma per voxel, given (scalar or per voxel) or estimated: ADC from the
+   residuals of the voxel fits, iAUC60 from the baseline frames, both moderated by
+   empirical Bayes (every voxel keeps its own sigma when the noise level varies across
+   the tumour, shares the pooled one when it does not).
+1. Fit: every voxel in the tumour mask is fitted with its standard error. ADC: the
+   Rician-expectation fit (not biased low near the noise floor), SE from its sandwich
+   covariance with the Rician variance (the voxel's real uncertainty at low SNR);
+   iAUC60: the semi-quantitative analysis, SE propagated from the voxel's own sigma.
 2. Cluster: the voxel values are split into k habitats by one-dimensional k-means
    (Lloyd's algorithm started at the quantiles (j - 1/2) / k, so the result is
    deterministic; no random seed is involved). Habitats are numbered by their centre,
@@ -12,8 +20,15 @@
    the value is normally distributed with its standard error,
    Phi((upper - v) / se) - Phi((lower - v) / se). Voxels below the confidence threshold
    (default 0.70), or without a valid fit, are excluded (habitat label 0).
-4. Fit again: the raw signal (per b-value or per frame) is averaged over the kept voxels
-   of each habitat and fitted once more: the robust habitat value with its SE.
+4. Average and fit again: the signal (per b-value or per frame) of the kept voxels of
+   each habitat is averaged with weights 1/sigma^2 and with the noise floor removed,
+   sqrt(sum w (M^2 - 2 sigma^2) / sum w) (E[M^2] = A^2 + 2 sigma^2 exactly, so the
+   average has the habitat's own decay or enhancement, not the floor's), and fitted once
+   more: the robust habitat value with its SE.
+
+Why: the plain mean of magnitudes carries the Rician floor (sigma^2 / 2A and more at
+high b), so its refit was biased low and low-SNR voxels weighed as much as the others;
+``method="nlls"`` (ADC) and ``noise="pooled"`` (iAUC60) keep the plain published steps.
 """
 
 from __future__ import annotations
@@ -26,6 +41,7 @@ import SimpleITK as sitk
 from scipy.special import ndtr
 
 from primage.errors import PrimageInputError
+from primage.kinetics.rician import floor_corrected_mean, rician_variance, shrink_variances
 from primage.kinetics.series import report
 
 CLUSTERING_METHOD = (
@@ -173,20 +189,99 @@ def _finish(labels, kept, values, centres, k):
         yield label, members, int(np.count_nonzero(labels == label))
 
 
+def _noise_sigma(noise_sigma, n: int):
+    """A given noise sigma as (n,) per voxel, or None to estimate it."""
+    if noise_sigma is None:
+        return None
+    sigma = np.asarray(noise_sigma, dtype=float)
+    if sigma.ndim > 1 or (sigma.ndim == 1 and sigma.size != n):
+        raise PrimageInputError(f"noise sigma: give one value or one per voxel ({n})")
+    if not np.all(np.isfinite(sigma) & (sigma > 0)):
+        raise PrimageInputError("the noise sigma must be finite and > 0 (signal units)")
+    return np.broadcast_to(sigma, (n,)).astype(float)
+
+
+def residual_sigma(signal: np.ndarray, b_values: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Per-voxel noise sigma of DWI magnitudes from the residuals of the voxel fits.
+
+    NLLS residual variances (n - 2 degrees of freedom) are moderated by empirical Bayes
+    (:func:`~primage.kinetics.rician.shrink_variances`), then refined once with the
+    Rician fit: its residual variance divided by the mean Var[M] / sigma^2 of the fitted
+    signals (below 1 near the floor, where magnitudes scatter less than sigma). Returns
+    (sigma (n,), JSON-ready notes); NaN where a voxel has no fit.
+    """
+    from primage.kinetics.dwi import fit_adc
+
+    dof = b_values.size - 2
+    if dof < 1:
+        raise PrimageInputError("estimating the noise from residuals needs at least 3 signals")
+    first = fit_adc(signal, b_values, method="nlls")
+    variance, _, _ = shrink_variances(first.rss / dof, dof)
+    sigma = np.sqrt(variance)
+    ok = np.isfinite(sigma) & (sigma > 0)
+    rician = fit_adc(signal[ok], b_values, method="rician", sigma=sigma[ok])
+    amplitude = rician.predict(b_values)
+    ratio = rician_variance(amplitude, sigma[ok, None]).mean(axis=1) / sigma[ok] ** 2
+    refined = np.full(sigma.shape, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        refined[ok] = rician.rss / dof / ratio
+    variance, prior, prior_dof = shrink_variances(refined, dof)
+    notes = {
+        "noise_sigma_source": "voxel fit residuals, empirical-Bayes moderated",
+        "noise_sigma_prior": math.sqrt(prior) if prior > 0 else float("nan"),
+        "noise_sigma_prior_dof": prior_dof if math.isfinite(prior_dof) else "inf",
+    }
+    return np.sqrt(variance), notes
+
+
+def _mean_signal(signal, sigma, members):
+    """Step 4's habitat signal: with sigma, the 1/sigma^2-weighted, noise-floor-corrected
+    mean (:func:`~primage.kinetics.rician.floor_corrected_mean`); without, the plain mean."""
+    if sigma is None:
+        return signal[members].mean(axis=0)
+    weights = 1.0 / sigma[members] ** 2
+    return floor_corrected_mean(signal[members], sigma[members], weights)
+
+
 def fcf_adc(
     signal: np.ndarray,
     b_values: np.ndarray,
     *,
     clusters: int = 2,
     confidence: float = 0.70,
-    method: str = "nlls",
+    method: str = "rician",
+    noise_sigma=None,
 ) -> FcfResult:
-    """Fit-Cluster-Fit of the ADC of every row of ``signal`` (voxels of the tumour, len(b))."""
+    """Fit-Cluster-Fit of the ADC of every row of ``signal`` (voxels of the tumour, len(b)).
+
+    ``method``: the voxel fit, ``"rician"`` (default; the noise-floor-aware steps of the
+    module docstring) or ``"nlls"``/``"wls"`` (the plain published steps: unweighted mean
+    signal). ``noise_sigma`` (signal units; a scalar or one per voxel): None estimates
+    it per voxel from the fit residuals (:func:`residual_sigma`).
+    """
     from primage.kinetics.dwi import ADC_UNIT, fit_adc
 
     signal = np.atleast_2d(np.asarray(signal, dtype=float))
     b_values = np.asarray(b_values, dtype=float)
-    fit = fit_adc(signal, b_values, method=method)
+    sigma = _noise_sigma(noise_sigma, signal.shape[0])
+    notes = {"voxel_fit": method}
+    if method == "rician":
+        if sigma is None:
+            sigma, estimate = residual_sigma(signal, b_values)
+            notes |= estimate
+        else:
+            notes["noise_sigma_source"] = "given"
+        valid = np.isfinite(sigma) & (sigma > 0)
+        fit = fit_adc(signal, b_values, method=method, sigma=np.where(valid, sigma, 0.0))
+        fit.adc[~valid] = fit.adc_se[~valid] = np.nan
+        notes["noise_sigma_median"] = float(np.nanmedian(sigma))
+        notes["mean_signal"] = (
+            "1/sigma^2-weighted, noise floor removed: sqrt(mean(M^2 - 2 sigma^2))"
+        )
+    else:
+        fit = fit_adc(signal, b_values, method=method)
+        sigma = None
+        notes["mean_signal"] = "arithmetic mean of the magnitudes"
     labels, conf, kept, centres, thresholds = _cluster(fit.adc, fit.adc_se, clusters, confidence)
     habitats = []
     b_fit = np.linspace(0.0, float(b_values.max()), 50)
@@ -194,11 +289,14 @@ def fcf_adc(
         value = se = mean = median = float("nan")
         mean_signal, curve = np.full(b_values.size, np.nan), np.full(b_fit.size, np.nan)
         if members.any():
-            mean_signal = signal[members].mean(axis=0)
-            refit = fit_adc(mean_signal[None, :], b_values, method=method)
-            value, se = float(refit.adc[0]), float(refit.adc_se[0])
+            mean_signal = _mean_signal(signal, sigma, members)
+            # b-values whose signal is lost in the noise floor carry no decay information.
+            usable = np.isfinite(mean_signal)
+            if np.unique(b_values[usable]).size >= 2:
+                refit = fit_adc(mean_signal[None, usable], b_values[usable], method="nlls")
+                value, se = float(refit.adc[0]), float(refit.adc_se[0])
+                curve = refit.predict(b_fit)[0]
             mean, median = float(fit.adc[members].mean()), float(np.median(fit.adc[members]))
-            curve = refit.predict(b_fit)[0]
         habitats.append(
             Habitat(
                 label,
@@ -219,7 +317,7 @@ def fcf_adc(
         )
     labels = np.where(kept, labels, 0)
     return FcfResult(
-        labels, conf, fit.adc, fit.adc_se, habitats, thresholds, "ADC", ADC_UNIT, confidence
+        labels, conf, fit.adc, fit.adc_se, habitats, thresholds, "ADC", ADC_UNIT, confidence, notes
     )
 
 
@@ -230,11 +328,16 @@ def fcf_iauc60(
     clusters: int = 2,
     confidence: float = 0.70,
     baseline_frames: int | None = None,
-    arrival: str = "voxel",
+    arrival: str = "global",
+    noise: str = "voxel",
 ) -> FcfResult:
     """Fit-Cluster-Fit of the iAUC60 of every row of ``signal`` (voxels of the tumour, T).
 
-    The refit of a habitat's mean curve uses the noise SD / sqrt(kept voxels) for its SE.
+    ``noise="voxel"`` (default): each voxel's noise SD is its baseline SD, moderated by
+    empirical Bayes; it sets the voxel's iAUC60 SE (so the confidence of a low-SNR voxel
+    is its own), the 1/sigma^2 weights and the noise-floor correction of the habitat mean
+    signal, whose refit uses the SD of that weighted mean. ``noise="pooled"``: the plain
+    published steps (one pooled SD, unweighted mean signal).
     """
     from primage.kinetics.dce import (
         SEMI_QUANTITATIVE_UNITS,
@@ -244,19 +347,33 @@ def fcf_iauc60(
         semi_quantitative,
     )
 
+    if noise not in ("voxel", "pooled"):
+        raise PrimageInputError(f"unknown FCF noise model {noise!r}: use voxel or pooled")
     signal = np.atleast_2d(np.asarray(signal, dtype=float))
     times = np.asarray(times, dtype=float)
     mean = signal.mean(axis=0)
     global_arrival = mean_curve_arrival(mean, times)
     if baseline_frames is None:
         baseline_frames = int(np.count_nonzero(times <= global_arrival + 1e-9))
-    noise_sd = pooled_noise_sd(baseline_variance(signal, baseline_frames), baseline_frames)
+    variances = baseline_variance(signal, baseline_frames)
+    noise_sd = pooled_noise_sd(variances, baseline_frames)
     if not np.isfinite(noise_sd):
         raise PrimageInputError(
             "iAUC60 uncertainty needs at least two baseline frames (give --baseline-frames >= 2)"
         )
     options = dict(baseline_frames=baseline_frames, global_arrival=global_arrival)
     voxel = semi_quantitative(signal, times, noise_sd=noise_sd, arrival=arrival, **options)
+    notes = {"noise": noise}
+    sigma = None
+    if noise == "voxel":
+        moderated, _, prior_dof = shrink_variances(variances, baseline_frames - 1)
+        sigma = np.sqrt(np.where(np.isfinite(moderated), moderated, noise_sd**2))
+        # The iAUC60 variance is linear in the noise variance: rescale to each voxel's SD.
+        voxel.iauc60_se = voxel.iauc60_se * sigma / noise_sd
+        notes["noise_sd_prior_dof"] = prior_dof if math.isfinite(prior_dof) else "inf"
+        notes["mean_signal"] = (
+            "1/sigma^2-weighted, noise floor removed: sqrt(mean(M^2 - 2 sigma^2))"
+        )
     labels, conf, kept, centres, thresholds = _cluster(
         voxel.iauc60, voxel.iauc60_se, clusters, confidence
     )
@@ -266,15 +383,16 @@ def fcf_iauc60(
         value = se = mean_value = median = float("nan")
         mean_signal = np.full(times.size, np.nan)
         if members.any():
-            mean_signal = signal[members].mean(axis=0)
-            refit = semi_quantitative(
-                mean_signal[None, :],
-                times,
-                noise_sd=noise_sd / math.sqrt(members.sum()),
-                arrival="voxel",
-                **options,
-            )
-            value, se = float(refit.iauc60[0]), float(refit.iauc60_se[0])
+            mean_signal = _mean_signal(signal, sigma, members)
+            if sigma is None:
+                mean_sd = noise_sd / math.sqrt(members.sum())
+            else:
+                mean_sd = 1.0 / math.sqrt(float(np.sum(1.0 / sigma[members] ** 2)))
+            if np.all(np.isfinite(mean_signal)):
+                refit = semi_quantitative(
+                    mean_signal[None, :], times, noise_sd=mean_sd, arrival="voxel", **options
+                )
+                value, se = float(refit.iauc60[0]), float(refit.iauc60_se[0])
             mean_value = float(voxel.iauc60[members].mean())
             median = float(np.median(voxel.iauc60[members]))
         baseline = mean_signal[:baseline_frames].mean()
@@ -298,7 +416,7 @@ def fcf_iauc60(
             )
         )
     labels = np.where(kept, labels, 0)
-    notes = {
+    notes |= {
         "baseline_frames": baseline_frames,
         "mean_curve_bolus_arrival_s": global_arrival,
         "noise_sd": noise_sd,
@@ -336,10 +454,12 @@ def fcf_maps(
     clusters: int = 2,
     confidence: float = 0.70,
     baseline_frames: int | None = None,
+    noise_sigma: float | None = None,
     progress=None,
 ) -> FcfMaps:
     """Fit-Cluster-Fit on a 4D series inside ``mask``: ``parameter`` is "adc" (``values``:
-    b-values, s/mm^2) or "iauc60" (``values``: frame times, s)."""
+    b-values, s/mm^2) or "iauc60" (``values``: frame times, s). ``noise_sigma`` (ADC only,
+    signal units): the magnitude noise SD if known; None estimates it per voxel."""
     from primage.kinetics.dce import prepare_dce
     from primage.kinetics.dwi import _prepare_dwi
 
@@ -353,7 +473,9 @@ def fcf_maps(
         voxels, b_values, keep = _prepare_dwi(series_image, values, mask, None, None, "none")
         report(progress, 0.0, "FCF adc: fitting voxels")
         signal = voxels.chunk(0, voxels.voxels)
-        result = fcf_adc(signal, b_values, clusters=clusters, confidence=confidence)
+        result = fcf_adc(
+            signal, b_values, clusters=clusters, confidence=confidence, noise_sigma=noise_sigma
+        )
     elif parameter == "iauc60":
         voxels, times = prepare_dce(series_image, values, mask)
         report(progress, 0.0, "FCF iauc60: fitting voxels")

@@ -338,10 +338,22 @@ def read_source_series(folder: str | Path, *, series_uid: str | None = None) -> 
     The grid is the one ``primage dicom assemble`` writes: origin at the first slice along
     the slice normal, directions (row, column, normal), spacing in mm.
     """
+    from primage.dicom.scan import find_files
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PrimageInputError(f"source series folder does not exist: {folder}")
+    return read_source_files(find_files(folder), series_uid=series_uid, where=folder)
+
+
+def read_source_files(
+    paths: Sequence[str | Path], *, series_uid: str | None = None, where: Path | None = None
+) -> SourceSeries:
+    """:func:`read_source_series` from a list of files (in Slicer:
+    ``slicer.dicomDatabase.filesForSeries(uid)``)."""
     import pydicom
 
     from primage.dicom.headers import DicomFileProblem, read_header
-    from primage.dicom.scan import find_files
     from primage.dicom.series import (
         LayoutProblem,
         check_slice_steps,
@@ -350,11 +362,10 @@ def read_source_series(folder: str | Path, *, series_uid: str | None = None) -> 
         stack_geometry,
     )
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PrimageInputError(f"source series folder does not exist: {folder}")
+    paths = [Path(p) for p in paths]
+    folder = where or (paths[0].parent if paths else Path("."))
     headers = []
-    for path in find_files(folder):
+    for path in paths:
         try:
             header = read_header(path)
         except DicomFileProblem:
@@ -609,6 +620,7 @@ class Segment:
     category: tuple[str, str, str] = ("SCT", "49755003", "Morphologically Abnormal Structure")
     type: tuple[str, str, str] = ("SCT", "108369006", "Tumor")
     algorithm: str = "AUTOMATIC"  # MANUAL, SEMIAUTOMATIC or AUTOMATIC
+    color: tuple[float, float, float] | None = None  # RGB 0..1 (recommended display colour)
 
 
 def _uid() -> str:
@@ -640,17 +652,36 @@ def segmentation_dataset(
     description: str = "PRIMAGE segmentation",
 ):
     """A binary DICOM SEG of ``labels`` (on the series grid): one segment per entry of
-    ``segments``, numbered 1.. in that order."""
-    import highdicom as hd
-
+    ``segments`` (voxels equal to its ``label``), numbered 1.. in that order."""
     labels = onto_series_grid(labels, source.reference, role=description)
     array = sitk.GetArrayFromImage(labels)
-    if not segments:
+    masks = [(segment, array == segment.label) for segment in segments]
+    return segmentation_from_masks(
+        source, masks, pseudonym=pseudonym, series_number=series_number, description=description
+    )
+
+
+def segmentation_from_masks(
+    source: SourceSeries,
+    masks: Sequence[tuple[Segment, np.ndarray]],
+    *,
+    pseudonym: str,
+    series_number: int = SERIES_NUMBERS["seg"],
+    description: str = "PRIMAGE segmentation",
+):
+    """A binary DICOM SEG of (segment, boolean array on the series grid, numpy z-y-x) pairs;
+    segments may overlap. Segment numbers are 1.. in the given order."""
+    import highdicom as hd
+
+    if not masks:
         raise PrimageInputError(f"{description}: no segments to export")
-    stacked = np.zeros((*array.shape, len(segments)), np.uint8)
+    shape = tuple(reversed(source.reference.GetSize()))
+    stacked = np.zeros((*shape, len(masks)), np.uint8)
     descriptions = []
-    for number, segment in enumerate(segments, start=1):
-        inside = array == segment.label
+    for number, (segment, inside) in enumerate(masks, start=1):
+        inside = np.asarray(inside, bool)
+        if inside.shape != shape:
+            raise PrimageInputError(f"{description}: segment {segment.name!r} is not on the grid")
         if not inside.any():
             raise PrimageInputError(
                 f"{description}: segment {segment.name!r} (label {segment.label}) is empty"
@@ -672,13 +703,16 @@ def segmentation_dataset(
                     version=__version__,
                     family=_code("110001", "DCM", "Image Processing"),
                 ),
+                display_color=None
+                if segment.color is None
+                else hd.color.CIELabColor.from_rgb(*(255.0 * c for c in segment.color)),
             )
         )
     volume = _volume(
         stacked,
         source.reference,
         source.frame_of_reference_uid,
-        channels={"SegmentNumber": list(range(1, len(segments) + 1))},
+        channels={"SegmentNumber": list(range(1, len(masks) + 1))},
     )
     seg = hd.seg.Segmentation(
         source_images=source.datasets,

@@ -333,6 +333,16 @@ def test_no_identifying_data_in_any_output(example, capfd, tmp_path):
     )  # fmt: skip
     captured = capfd.readouterr()
     assert code == 0
+    # The closing line counts what the report lists: written, not assembled by role, skipped.
+    report = _rows(tmp_path / "again" / "dicom_assembly.csv")
+    status = [r["status"] for r in report]
+    not_assembled = sorted(r["role"] for r in report if r["status"] == "not assembled")
+    assert status.count("written") > 20 and not_assembled == ["derived", "localizer"]
+    files = len({(r["case"], r["output"]) for r in report if r["status"] == "written"})
+    assert (
+        f": {status.count('written')} series written as {files} files (0 of them tumour masks), "
+        "2 series not assembled (1 derived, 1 localizer), 0 series skipped;" in captured.err
+    ), captured.err
     outputs = [p for p in example["cohort"].rglob("*") if p.is_file()]
     outputs += [p for p in (tmp_path / "again").rglob("*") if p.is_file()]
     outputs.append(example["inventory_path"])

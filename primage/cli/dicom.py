@@ -146,10 +146,13 @@ def run_scan(args: argparse.Namespace) -> int:
     write_inventory(result, output)
     series = result.series
     errors = sum(info.status == "error" for info in series)
+    planned = [info for info in series if info.output]
+    masks = sum(info.output.startswith("tumour") for info in planned)
     if not args.quiet:
         sys.stderr.write(
-            f"primage: {len(series)} series in {len(result.studies)} studies "
-            f"({errors} cannot be assembled), {len(result.skipped_files)} unusable files; "
+            f"primage: {len(series)} series in {len(result.studies)} studies: {len(planned)} to "
+            f"assemble ({masks} of them tumour masks), {len(series) - len(planned) - errors} not "
+            f"used, {errors} cannot be assembled; {len(result.skipped_files)} unusable files; "
             f"wrote {output} ({time.perf_counter() - start:.1f} s)\n"
         )
     if not series:

@@ -70,7 +70,7 @@ ONSET_EXTRA_FRAMES = 1
 ONSET_REFINE_S = 10.0
 ONSET_REFINE_PASSES = 3
 #: Residual reduction (in noise variances) that a step must bring to be kept.
-STEP_EVIDENCE = 9.0
+STEP_EVIDENCE = 4.0
 
 
 def knot_grid(times: np.ndarray, last: float) -> np.ndarray:
@@ -87,7 +87,8 @@ def fit_arrival(curves: np.ndarray, times: np.ndarray, knots: np.ndarray, window
     peak). The normal equations of all knots are built with matrix products against the
     knot basis u^p (voxel-independent), then solved in closed form.
     """
-    u = np.maximum(times[None, :] - knots[:, None], 0.0)  # (K, T)
+    # u in units of the series length: the normal equations stay well conditioned.
+    u = np.maximum(times[None, :] - knots[:, None], 0.0) / (times[-1] - times[0])  # (K, T)
     w = window.astype(float)
     wy = w * curves
     sums = [w.sum(axis=1)[:, None]] + [w @ (u**p).T for p in range(1, 5)]  # (n, K)
@@ -135,7 +136,7 @@ def _suffix(values: np.ndarray) -> np.ndarray:
     return np.concatenate([total[:, 1:], np.zeros((values.shape[0], 1))], axis=1)
 
 
-def fit_onset(curves: np.ndarray, times: np.ndarray, end: np.ndarray, latest: np.ndarray):
+def fit_onset(curves: np.ndarray, times: np.ndarray, end: np.ndarray, latest, noise=0.0):
     """Onset model fitted to the frames 0..end of each curve: (arrival (n,), onset value (n,)).
 
     For every interval (t_j, t_j+1] the model is a constant a on the frames 0..j and a
@@ -193,6 +194,25 @@ def fit_onset(curves: np.ndarray, times: np.ndarray, end: np.ndarray, latest: np
     stepped = low + 0.5 * (high - low) * share
     arrival = np.where(crossing, 0.5 * (left + right), np.where(at_low >= 0, stepped, high))
     onset = a + np.maximum(excess(arrival), 0.0)
+    # A frame that opens the interval but is already clearly above the baseline (a convex
+    # start the quadratic cannot follow, e.g. a gamma variate) moves the arrival into the
+    # interval before it (up to three times): where the line through the first two
+    # enhanced frames meets the baseline level of the frames before them.
+    noise = np.broadcast_to(np.asarray(noise, dtype=float), (n,))
+    tolerance = np.maximum(3.0 * np.nan_to_num(noise), 1e-9 * np.max(np.abs(y), axis=1))
+    opening, moved = best.copy(), np.zeros(n, dtype=bool)
+    for _ in range(3):
+        early = (y[rows, opening] - level[rows, opening] > tolerance) & (opening >= 1)
+        opening = np.where(early, opening - 1, opening)
+        moved |= early
+    base = level[rows, opening]
+    first, second = y[rows, opening + 1], y[rows, np.minimum(opening + 2, count - 1)]
+    step_time = times[np.minimum(opening + 2, count - 1)] - times[opening + 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        reach = times[opening + 1] - (first - base) * step_time / (second - first)
+    reach = np.where((second > first) & np.isfinite(reach), reach, times[opening + 1])
+    arrival = np.where(moved, np.clip(reach, times[opening], times[opening + 1]), arrival)
+    onset = np.where(moved, base, onset)
     return np.where(found, arrival, np.nan), np.where(found, onset, np.nan), rss[rows, best]
 
 
@@ -205,7 +225,7 @@ def bolus_arrival(curves: np.ndarray, times: np.ndarray, latest=np.inf, noise=0.
     latest = np.broadcast_to(np.asarray(latest, dtype=float), curves.shape[:1])
     noise = np.broadcast_to(np.asarray(noise, dtype=float), curves.shape[:1])
     end = onset_window_end(curves)
-    arrival, onset, step_rss = fit_onset(curves, times, end, latest)
+    arrival, onset, step_rss = fit_onset(curves, times, end, latest, noise)
     # Refine on a window that ends ONSET_REFINE_S after the arrival: the quadratic only
     # has to describe the first part of the rise (slow or convex starts).
     for _ in range(ONSET_REFINE_PASSES):
@@ -214,7 +234,7 @@ def bolus_arrival(curves: np.ndarray, times: np.ndarray, latest=np.inf, noise=0.
         frame = np.searchsorted(times, start, side="right") - 1
         short = np.searchsorted(times, start + ONSET_REFINE_S, side="right") - 1
         short = np.clip(np.minimum(end, np.maximum(short, frame + ONSET_FRAMES)), 0, None)
-        refined, refined_onset, _ = fit_onset(curves, times, short, latest)
+        refined, refined_onset, _ = fit_onset(curves, times, short, latest, noise)
         keep = known & np.isfinite(refined)
         arrival = np.where(keep, refined, arrival)
         onset = np.where(keep, refined_onset, onset)
@@ -234,13 +254,21 @@ def bolus_arrival(curves: np.ndarray, times: np.ndarray, latest=np.inf, noise=0.
     return arrival, onset
 
 
+def curve_noise(curves: np.ndarray) -> np.ndarray:
+    """Noise SD (n,) of each curve from its second differences: the median absolute
+    second difference / (0.6745 sqrt 6), which a smooth curve barely raises."""
+    second = np.diff(np.atleast_2d(curves), n=2, axis=1)
+    return np.median(np.abs(second), axis=1) / (0.6745 * math.sqrt(6.0))
+
+
 def mean_curve_arrival(curve: np.ndarray, times: np.ndarray) -> float:
     """Bolus arrival (s) of one signal curve (e.g. the mean signal of the mask), by the same
-    onset model as the voxels, on the curve relative to its first frame."""
+    onset model as the voxels, on the curve relative to its first frame (its noise from
+    ``curve_noise``)."""
     curve = np.asarray(curve, dtype=float)
     times = np.asarray(times, dtype=float)
-    relative = curve / curve[0] - 1.0 if curve[0] > 0 else curve - curve[0]
-    arrival, _ = bolus_arrival(relative[None, :], times)
+    relative = (curve / curve[0] - 1.0 if curve[0] > 0 else curve - curve[0])[None, :]
+    arrival, _ = bolus_arrival(relative, times, noise=curve_noise(relative))
     return float(arrival[0]) if np.isfinite(arrival[0]) else float(times[0])
 
 

@@ -169,7 +169,7 @@ def test_cases_follow_the_cohort_layout(example):
     assert (_case_of(example, "philips", 1) / "t2w.nii.gz").is_file()
     assert (_case_of(example, "philips", 2) / "t1w.nii.gz").is_file()
     assert sorted(p.name for p in _case_of(example, "petct").iterdir()) == [
-        "case.json", "ct.nii.gz", "pet.nii.gz",
+        "case.json", "ct.nii.gz", "pet.nii.gz", "tumour_ct.nii.gz",
     ]  # fmt: skip
     assert sorted(p.name for p in cohort.iterdir() if p.is_dir()) == sorted(example["cases"])
     assert not list(cohort.rglob("*.part*"))  # no temporary files left
@@ -222,6 +222,16 @@ def test_dce_times_and_frames_are_exact(example, patient):
     volumes = series_to_volumes(sitk.ReadImage(str(case / "dce.nii.gz")))
     for volume, source in zip(volumes, series.images, strict=True):
         same_voxels(volume, source)
+
+
+def test_the_example_seg_becomes_the_digital_patients_tumour_on_the_ct(example):
+    case = _case_of(example, "petct")
+    mask = sitk.ReadImage(str(case / "tumour_ct.nii.gz"))
+    same_voxels(mask, example["truth"]["petct/seg"].images[0])
+    assert sitk.GetArrayFromImage(mask).sum() > 20
+    entry = json.loads((case / "case.json").read_text())["files"]["tumour_ct.nii.gz"]
+    assert entry["labels"] == {"1": "Tumour"} and entry["seg_type"] == "BINARY"
+    assert entry["frame_of_reference"] == "FoR-1" and "notes" not in entry
 
 
 def test_pet_is_converted_to_suv_body_weight(example):
@@ -340,7 +350,7 @@ def test_no_identifying_data_in_any_output(example, capfd, tmp_path):
     assert status.count("written") > 20 and not_assembled == ["derived", "localizer"]
     files = len({(r["case"], r["output"]) for r in report if r["status"] == "written"})
     assert (
-        f": {status.count('written')} series written as {files} files (0 of them tumour masks), "
+        f": {status.count('written')} series written as {files} files (1 of them tumour masks), "
         "2 series not assembled (1 derived, 1 localizer), 0 series skipped;" in captured.err
     ), captured.err
     outputs = [p for p in example["cohort"].rglob("*") if p.is_file()]

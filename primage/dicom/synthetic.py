@@ -5,9 +5,10 @@ single-frame files or one enhanced multi-frame file, with the geometry, rescale,
 b-value conventions of the chosen vendor. :func:`write_example_cohort` writes a small
 multi-vendor cohort: localiser, T2w, T1w, T1w post-contrast, DWI with b-values in the
 standard and in Siemens / GE / Philips private tags, scanner ADC, DCE as one 4D series
-and as one series per time point, an enhanced multi-frame DWI, a derived MPR, CT, and PET
-with the radiopharmaceutical tags SUV needs. Every patient carries invented identifying
-data (:data:`IDENTITIES`), so tests can prove none of it reaches an output.
+and as one series per time point, an enhanced multi-frame DWI, a derived MPR, CT, PET
+with the radiopharmaceutical tags SUV needs, and the tumour as a DICOM SEG on the CT.
+Every patient carries invented identifying data (:data:`IDENTITIES`), so tests can prove
+none of it reaches an output.
 """
 
 from __future__ import annotations
@@ -619,9 +620,57 @@ def write_example_cohort(
     )
     add("philips/t1w", study, files, "T1W_3D", "t1w", [patient.t1w])
 
-    # Patient 4: PET/CT.
+    # Patient 4: PET/CT, and the tumour as a DICOM SEG drawn on the CT.
     write_petct(folder / "export_d", patient, truth)
+    ct = truth["petct/ct"]
+    files = write_tumour_seg(folder / "export_d" / "seg", ct.files, patient.tumour)
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    truth["petct/seg"] = ExampleSeries(
+        "petct", "tumour", "seg", uid, ct.study_uid, [patient.tumour], None, files
+    )
     return truth
+
+
+def write_tumour_seg(folder: Path, image_files: list[Path], mask: sitk.Image) -> list[Path]:
+    """Write ``mask`` (on the grid of the series of ``image_files``) as a binary DICOM SEG
+    with one segment, "Tumour", made with highdicom; returns the file written."""
+    import highdicom
+    from pydicom.sr.codedict import codes
+
+    sources = [pydicom.dcmread(f) for f in image_files]
+    normal = np.cross(
+        np.asarray(sources[0].ImageOrientationPatient[:3], float),
+        np.asarray(sources[0].ImageOrientationPatient[3:], float),
+    )
+    sources.sort(key=lambda d: float(normal @ np.asarray(d.ImagePositionPatient, float)))
+    # The mask array follows the image's slice order, which is the sources' order here.
+    pixels = sitk.GetArrayFromImage(mask).astype(np.uint8)
+    segment = highdicom.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Tumour",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Neoplasm,
+        algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = highdicom.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type="BINARY",
+        segment_descriptions=[segment],
+        series_instance_uid=generate_uid(),
+        series_number=90,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="PRIMAGE synthetic",
+        manufacturer_model_name="digital patient",
+        software_versions="1",
+        device_serial_number="0",
+        series_description="tumour",
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{generate_uid(prefix=None)[-12:]}.dcm"
+    seg.save_as(path)
+    return [path]
 
 
 PET_EXAMPLE = {

@@ -300,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
             moving_landmarks=landmarks[1],
             thresholds=settings["qc"],
             masks_used=fixed_mask is not None or moving_mask is not None,
+            acceptance=result.acceptance,
         )
 
     # Everything is computed: write the outputs (each atomically).
@@ -346,6 +347,7 @@ def run(args: argparse.Namespace) -> int:
             "initialisation": result.initialisation,
             "identical_inputs": result.identical_inputs,
             "stages": result.stages,
+            "acceptance": result.acceptance,
             "convention": "fixed -> moving (LPS), as sitk.Resample(moving, fixed, transform)",
             "output_transform": str(Path(args.output_transform).resolve()),
             "output_volume": str(Path(args.output_volume).resolve())
@@ -361,8 +363,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         verdict = f", QC verdict {qc['verdict']}: {qc['reason']}" if qc else ""
+        kept = f"; {result.acceptance['reason']}" if result.kept_start and not qc else ""
         sys.stderr.write(
-            f"primage: wrote {args.output_transform} ({result.seconds:.1f} s){verdict}\n"
+            f"primage: wrote {args.output_transform} ({result.seconds:.1f} s){verdict}{kept}\n"
         )
     return 0
 

@@ -18,6 +18,12 @@ Method choices (why):
   enough samples. Random samples use a fixed seed: the same inputs give the same result.
 * Masks restrict the metric (the PRIMAGE re-registration route); they are dilated by
   ``mask_dilation_mm`` first so the edges that carry the alignment are inside.
+* Never worse than the start: the candidate starts (the headers' alignment, the preset's
+  centres of mass or image centres, a user's initial transform) are compared by the
+  metric and the best one is used; after the optimisation the result is kept only when
+  the metric on fresh, denser samples at full resolution is better than at the start by
+  more than its sampling noise. Otherwise the start is returned and
+  ``RegistrationResult.acceptance`` says so (and why).
 """
 
 from __future__ import annotations
@@ -48,7 +54,11 @@ class RegistrationResult:
     ``transform`` maps fixed to moving points (LPS, mm). ``stages`` holds one record per
     stage (parameters as applied, iterations and metric value per level, optimiser stop
     condition, seconds); ``initialisation`` the start (method, centre and translation in
-    mm); ``settings`` every setting as applied.
+    mm, and every candidate start with its metric value); ``settings`` every setting as
+    applied. ``acceptance`` is the "never worse" check: ``kept`` (``"optimised"`` or
+    ``"start"``), the metric at the start and after the optimisation on fresh samples
+    (``cost_start``, ``cost_optimised``: lower is better), the ``improvement`` and the
+    ``noise`` it had to exceed, ``reason`` and, when the start was kept, ``advice``.
     """
 
     transform: sitk.CompositeTransform
@@ -57,6 +67,12 @@ class RegistrationResult:
     initialisation: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     identical_inputs: bool = False
+    acceptance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kept_start(self) -> bool:
+        """True when the optimisation was not better than the start and the start was returned."""
+        return self.acceptance.get("kept") == "start"
 
     @property
     def stage_transforms(self) -> list[sitk.Transform]:
@@ -236,11 +252,15 @@ def register_images(
     :func:`primage.registration.stages.validate_settings`; a loaded preset works as is).
 
     Masks (any grid; put on their image's grid with nearest neighbour, empty masks
-    refused) restrict the metric. ``initial_transform`` (fixed -> moving) is the start
-    and stays the outermost part of the result; it replaces the automatic
-    initialisation. A moving image identical to the fixed one (same grid and voxels)
-    gives the identity without optimising. ``progress(fraction, message)`` may raise to
-    cancel; the exception is re-raised once the optimiser has stopped.
+    refused) restrict the metric. The start is the best by the metric of: the headers'
+    alignment (identity), the preset's ``initialisation`` (``moments``: centres of mass,
+    ``geometry``: image centres; ``none`` adds nothing) and ``initial_transform``
+    (fixed -> moving), which stays the outermost part of the result when it is chosen.
+    The optimised result is returned only when it is better than the start on fresh
+    samples; otherwise the start (see ``RegistrationResult.acceptance``). A moving image
+    identical to the fixed one (same grid and voxels) gives the identity without
+    optimising. ``progress(fraction, message)`` may raise to cancel; the exception is
+    re-raised once the optimiser has stopped.
     """
     settings = validate_settings(settings)
     report = progress or no_progress
@@ -255,9 +275,6 @@ def register_images(
         raise PrimageInputError(
             f"the initial transform is {initial_transform.GetDimension()}D; a 3D transform is needed"
         )
-    method_name = (
-        "initial transform" if initial_transform is not None else settings["initialisation"]
-    )
     stages = settings["stages"]
 
     identical = (
@@ -265,36 +282,6 @@ def register_images(
         and same_geometry(fixed, moving, tolerance=1e-6)
         and np.array_equal(sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(moving))
     )
-    if identical or initial_transform is not None:
-        centre, translation = image_centre(fixed), np.zeros(3)
-    else:
-        centre, translation = initialise(fixed, moving, settings["initialisation"])
-    initialisation = {
-        "method": "identical inputs" if identical else method_name,
-        "centre_mm": centre.round(4).tolist(),
-        "translation_mm": translation.round(4).tolist(),
-    }
-
-    outer: list[sitk.Transform] = [] if initial_transform is None else [initial_transform]
-    start = sitk.Euler3DTransform()
-    start.SetCenter(centre.tolist())
-    start.SetTranslation(translation.tolist())
-    if np.any(translation != 0) and stages[0]["stage"] == "bspline":
-        outer.append(start)  # a B-spline cannot hold the start: keep it as its own part
-    first = (
-        compose([*outer, start]) if stages[0]["stage"] != "bspline" else compose(outer or [start])
-    )
-    if not identical and overlap_fraction(fixed, moving, first, fixed_mask) == 0.0:
-        raise PrimageInputError(
-            "the fixed and moving images do not overlap in physical space"
-            + (
-                " after the initial transform; check that it maps fixed to moving points"
-                if initial_transform is not None
-                else f" (initialisation '{settings['initialisation']}'); use initialisation "
-                "'geometry' or 'moments', or give an initial transform"
-            )
-        )
-
     sample_fixed_mask = (
         dilate_mask(fixed_mask, settings["mask_dilation_mm"]) if fixed_mask is not None else None
     )
@@ -306,15 +293,38 @@ def register_images(
         if sample_fixed_mask is not None
         else np.prod(fixed.GetSize())
     )
-
     pyramids = (Pyramid(fixed), Pyramid(moving))
+    scorer = _Scorer(pyramids, stages, sample_fixed_mask, sample_moving_mask)
+
+    if identical:
+        chosen = Candidate("identical inputs", [], image_centre(fixed), np.zeros(3))
+        initialisation = chosen.record()
+    else:
+        chosen, initialisation = _choose_start(
+            fixed, moving, settings, initial_transform, sample_fixed_mask, scorer
+        )
+    centre, translation = chosen.centre, chosen.translation
+
+    def start_parts() -> list[sitk.Transform]:
+        """The outer parts and one transform per stage as they are before optimising."""
+        parts = list(chosen.outer)
+        if np.any(translation != 0) and stages[0]["stage"] == "bspline":
+            parts.append(chosen.euler())  # a B-spline cannot hold the start: its own part
+        for index, stage in enumerate(stages):
+            transform = _identity_stage(stage["stage"], centre, fixed, stage)
+            if index == 0 and stage["stage"] != "bspline":
+                transform.SetTranslation(translation.tolist())
+            parts.append(transform)
+        return parts
+
+    initial_parts = start_parts()
+    fixed_parts_count = len(initial_parts) - len(stages)
+    outer = initial_parts[:fixed_parts_count]
     parts: list[sitk.Transform] = []
     records: list[dict[str, Any]] = []
     for index, stage in enumerate(stages):
         stage_start = time.perf_counter()
-        transform = _identity_stage(stage["stage"], centre, fixed, stage)
-        if index == 0 and stage["stage"] != "bspline":
-            transform.SetTranslation(translation.tolist())
+        transform = initial_parts[fixed_parts_count + index]
         record: dict[str, Any] = {**stage, "levels": []}
         if identical:
             record.update(skipped="moving image equals fixed image: identity", seconds=0.0)
@@ -339,15 +349,252 @@ def register_images(
         record["seconds"] = round(time.perf_counter() - stage_start, 3)
         parts.append(transform)
         records.append(record)
+
+    result_transform = compose([*outer, *parts])
+    if identical:
+        acceptance = {"kept": "optimised", "reason": "moving image equals fixed image: identity"}
+    else:
+        acceptance = _accept(scorer, compose(start_parts()), result_transform, settings["seed"])
+        if acceptance["kept"] == "start":
+            result_transform = compose(start_parts())
     report(1.0, "registration done")
     return RegistrationResult(
-        transform=compose([*outer, *parts]),
+        transform=result_transform,
         settings=settings,
         stages=records,
         initialisation=initialisation,
         seconds=round(time.perf_counter() - start_time, 3),
         identical_inputs=identical,
+        acceptance=acceptance,
     )
+
+
+@dataclass
+class Candidate:
+    """One start: outer parts (a user's initial transform) and a rigid start (centre and
+    translation, mm) held by the first stage."""
+
+    method: str
+    outer: list[sitk.Transform]
+    centre: np.ndarray
+    translation: np.ndarray
+    cost: float | None = None
+
+    def euler(self) -> sitk.Euler3DTransform:
+        start = sitk.Euler3DTransform()
+        start.SetCenter(self.centre.tolist())
+        start.SetTranslation(self.translation.tolist())
+        return start
+
+    def transform(self) -> sitk.CompositeTransform:
+        return compose([*self.outer, self.euler()])
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "centre_mm": self.centre.round(4).tolist(),
+            "translation_mm": self.translation.round(4).tolist(),
+        }
+
+
+#: Fresh samples of the "never worse" check: sets, and samples per set relative to the
+#: largest per-level count of the stages (at least ``_CHECK_MIN_SAMPLES``).
+_CHECK_SETS = 3
+_CHECK_FACTOR = 4
+_CHECK_MIN_SAMPLES = 20000
+#: The optimised result must beat the start by this many standard errors of the paired
+#: difference over the sample sets (and by a relative ``_CHECK_MIN_GAIN``): a gain within
+#: the sampling noise is not evidence that the optimiser improved anything.
+_CHECK_SIGMAS = 2.0
+_CHECK_MIN_GAIN = 1e-3
+
+
+class _Scorer:
+    """The metric of the registration (a stage's kind and bins, its masks) evaluated for
+    a fixed -> moving transform on one pyramid level.
+
+    ``MetricEvaluate`` ignores SimpleITK's sampling settings (it uses every voxel of the
+    fixed mask), so a random sample is a random mask: voxels drawn with a seeded
+    generator inside the (dilated) fixed mask. The same seed gives the same voxels, so a
+    start and a result are compared on the same sample (a paired comparison).
+    """
+
+    def __init__(self, pyramids, stages, fixed_mask, moving_mask) -> None:
+        self.pyramids = pyramids
+        self.stages = stages
+        self.fixed_mask = fixed_mask
+        self.moving_mask = moving_mask
+        self._samples: dict[tuple, sitk.Image | None] = {}
+
+    def _sample(self, level: sitk.Image, samples: int, seed: int, key: tuple):
+        if key not in self._samples:
+            region = None
+            if self.fixed_mask is not None:
+                region = (
+                    sitk.GetArrayFromImage(
+                        sitk.Resample(
+                            self.fixed_mask, level, sitk.Transform(), sitk.sitkNearestNeighbor
+                        )
+                    )
+                    > 0
+                )
+            count = (
+                int(np.count_nonzero(region)) if region is not None else level.GetNumberOfPixels()
+            )
+            if samples >= count:
+                chosen = region  # every voxel (of the mask)
+            else:
+                shape = tuple(reversed(level.GetSize()))
+                chosen = np.random.default_rng(seed).random(shape) < samples / count
+                if region is not None:
+                    chosen &= region
+            mask = None
+            if chosen is not None:
+                mask = sitk.GetImageFromArray(chosen.astype(np.uint8))
+                mask.CopyInformation(level)
+            self._samples[key] = mask
+        return self._samples[key]
+
+    def cost(
+        self,
+        transform: sitk.Transform,
+        *,
+        samples: int,
+        seed: int,
+        shrink: int = 1,
+        sigma: float = 0.0,
+        stage: dict | None = None,
+    ) -> float | None:
+        """Metric value (lower is better) on about ``samples`` random voxels of the level;
+        None when too few of them fall inside the moving image."""
+        stage = stage or self.stages[-1]
+        fixed = self.pyramids[0].level(shrink, sigma)
+        moving = self.pyramids[1].level(shrink, sigma)
+        method = sitk.ImageRegistrationMethod()
+        if stage["metric"] == "mattes":
+            method.SetMetricAsMattesMutualInformation(stage["histogram_bins"])
+        elif stage["metric"] == "correlation":
+            method.SetMetricAsCorrelation()
+        else:
+            method.SetMetricAsMeanSquares()
+        method.MetricUseFixedImageGradientFilterOff()
+        method.MetricUseMovingImageGradientFilterOff()
+        method.SetMetricSamplingStrategy(method.NONE)
+        method.SetInterpolator(sitk.sitkLinear)
+        sample = self._sample(fixed, samples, seed, (shrink, float(sigma), samples, seed))
+        if sample is not None:
+            method.SetMetricFixedMask(sample)
+        if self.moving_mask is not None:
+            method.SetMetricMovingMask(self.moving_mask)
+        method.SetMovingInitialTransform(transform)
+        method.SetInitialTransform(sitk.TranslationTransform(3), inPlace=False)
+        try:
+            value = method.MetricEvaluate(fixed, moving)
+        except RuntimeError:
+            return None
+        return float(value) if math.isfinite(value) else None
+
+
+def _choose_start(fixed, moving, settings, initial_transform, fixed_mask, scorer):
+    """The candidate starts, each scored by the metric on the first stage's coarsest level
+    (smoothed, so a start a few voxels off is not penalised for detail); the best one."""
+    candidates = [Candidate("headers", [], image_centre(fixed), np.zeros(3))]
+    if initial_transform is not None:
+        candidates.insert(
+            0, Candidate("initial transform", [initial_transform], image_centre(fixed), np.zeros(3))
+        )
+    if settings["initialisation"] != "none":
+        centre, translation = initialise(fixed, moving, settings["initialisation"])
+        candidates.append(Candidate(settings["initialisation"], [], centre, translation))
+    first = settings["stages"][0]
+    coarse = {
+        "shrink": first["shrink_factors"][0],
+        "sigma": first["smoothing_sigmas_voxels"][0],
+        "stage": first,
+    }
+    usable = []
+    for candidate in candidates:
+        if overlap_fraction(fixed, moving, candidate.transform(), fixed_mask) == 0.0:
+            continue
+        candidate.cost = scorer.cost(
+            candidate.transform(), samples=max(first["samples"]), seed=settings["seed"], **coarse
+        )
+        if candidate.cost is not None:
+            usable.append(candidate)
+    if not usable:
+        raise PrimageInputError(
+            "the fixed and moving images do not overlap in physical space"
+            + (
+                " after the initial transform; check that it maps fixed to moving points"
+                if initial_transform is not None
+                else f" (initialisation '{settings['initialisation']}'); use initialisation "
+                "'geometry' or 'moments', or give an initial transform"
+            )
+        )
+    chosen = min(usable, key=lambda c: c.cost)
+    record = chosen.record()
+    record["candidates"] = [
+        {"method": c.method, "cost": None if c.cost is None else round(c.cost, 6)}
+        for c in candidates
+    ]
+    record["chosen_because"] = (
+        "the only candidate"
+        if len(candidates) == 1
+        else "the only start that overlaps"
+        if len(usable) == 1
+        else "lowest metric value of the candidates"
+    )
+    return chosen, record
+
+
+def _accept(scorer: _Scorer, start: sitk.Transform, result: sitk.Transform, seed: int) -> dict:
+    """Keep the optimised ``result`` only when its metric on fresh, denser samples at full
+    resolution is lower than the ``start``'s by more than the sampling noise."""
+    stage = scorer.stages[-1]
+    samples = max(_CHECK_MIN_SAMPLES, _CHECK_FACTOR * max(stage["samples"]))
+    before, after = [], []
+    for index in range(_CHECK_SETS):
+        fresh = seed + 104729 * (index + 1)  # never one of the optimisation's seeds
+        before.append(scorer.cost(start, samples=samples, seed=fresh))
+        after.append(scorer.cost(result, samples=samples, seed=fresh))
+    record: dict[str, Any] = {"metric": stage["metric"], "samples": samples, "sets": _CHECK_SETS}
+    if any(value is None for value in before + after):
+        if all(value is not None for value in before) and any(value is None for value in after):
+            record.update(
+                kept="start",
+                reason="after the optimisation too little of the image overlaps to measure "
+                "the metric: the start is returned",
+                advice="give masks or an initial transform, or check the images",
+            )
+            return record
+        record.update(kept="optimised", reason="the metric could not be measured at the start")
+        return record
+    gains = np.array(before) - np.array(after)
+    gain = float(gains.mean())
+    noise = float(gains.std(ddof=1) / math.sqrt(len(gains))) if len(gains) > 1 else 0.0
+    needed = max(_CHECK_SIGMAS * noise, _CHECK_MIN_GAIN * abs(float(np.mean(before))))
+    record.update(
+        cost_start=round(float(np.mean(before)), 6),
+        cost_optimised=round(float(np.mean(after)), 6),
+        improvement=round(gain, 6),
+        noise=round(noise, 6),
+        needed=round(needed, 6),
+    )
+    if gain > needed:
+        record.update(
+            kept="optimised",
+            reason=f"the metric improved by {gain:.4g} (needed > {needed:.2g}) on fresh samples",
+        )
+    else:
+        record.update(
+            kept="start",
+            reason=f"the optimisation did not improve the metric on fresh samples "
+            f"({record['cost_start']:.4f} -> {record['cost_optimised']:.4f}, gain "
+            f"{gain:.2g}, needed > {needed:.2g}): the start is returned",
+            advice="the start may already be aligned; otherwise give masks of the tumour "
+            "and/or adjacent organs, an initial transform, or another preset",
+        )
+    return record
 
 
 def _run_stage(

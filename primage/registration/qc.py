@@ -253,6 +253,7 @@ def quality_control(
     moving_landmarks: np.ndarray | None = None,
     thresholds: Mapping[str, Any] | None = None,
     masks_used: bool = False,
+    acceptance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Numbers before (``initial``, default identity) and after ``transform``, and a verdict.
 
@@ -260,6 +261,9 @@ def quality_control(
     overlap), ``dice_before`` / ``dice_after`` and ``surface_distance_*_mm`` (both masks
     given), ``tre_before_mm`` / ``tre_after_mm`` (landmarks given: mean, max, count),
     ``jacobian_determinant`` (B-spline), ``verdict``, ``reasons``, ``reason``, ``advice``.
+    With ``acceptance`` (``RegistrationResult.acceptance``) also ``start_returned`` (True
+    when the optimisation was not better than the start, which was returned) and
+    ``optimisation`` (that check: kept, metric at the start and after, reason, advice).
     """
     thresholds = validate_qc(thresholds)
     before_tx = initial if initial is not None else sitk.Transform(3, sitk.sitkIdentity)
@@ -318,7 +322,16 @@ def quality_control(
     qc["verdict"] = "review" if reasons else "ok"
     qc["reasons"] = reasons
     qc["reason"] = "; ".join(reasons) if reasons else "all checks passed"
-    if reasons:
+    start_returned = acceptance is not None and acceptance.get("kept") == "start"
+    if acceptance is not None:
+        qc["start_returned"] = start_returned
+        qc["optimisation"] = dict(acceptance)
+    if start_returned:
+        # Not a failure by itself (an aligned pair has nothing to gain), but say so.
+        qc["reason"] += f" (optimisation not kept: {acceptance['reason']})"
+    if start_returned and not reasons:
+        qc["advice"] = acceptance.get("advice", "")
+    elif reasons:
         qc["advice"] = (
             "check the masks, the initialisation or the preset; an initial transform from a "
             "manual alignment can help"

@@ -46,6 +46,9 @@ IDENTIFYING_WORDS = (
     "name", "birth", "dob", "patient", "mrn", "accession", "address", "phone", "email",
     "ssn", "nhs", "insurance",
 )  # fmt: skip
+#: Bookkeeping keys of ``primage dicom assemble``'s case.json: not features.csv columns
+#: (the folder name is the case identifier; "files" is read for the frames of reference).
+ASSEMBLY_KEYS = ("case", "created_by", "pseudonym", "skipped")
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -150,6 +153,8 @@ def _read_case_json(case: Case) -> dict[str, str]:
     for key, value in data.items():
         if _is_identifying(key):
             case.dropped_keys.append(key)
+        elif key in ASSEMBLY_KEYS:
+            continue
         elif key == "files":
             frames = _file_frames(case, value)
         elif key == "series":

@@ -35,7 +35,8 @@ def feature_row(summary: dict[str, Any]) -> dict[str, Any]:
         "failed_step": summary["failed_step"],
         "message": summary["message"],
     }
-    row.update(summary.get("metadata", {}))
+    # Metadata never replaces a fixed column (e.g. a case.json "status" key).
+    row.update({k: v for k, v in summary.get("metadata", {}).items() if k not in row})
     row["tumour_volume_ml"] = _number(summary.get("tumour", {}).get("volume_ml"))
     for role, qc in summary.get("registration", {}).items():
         row[f"qc_{role}_verdict"] = qc.get("verdict") or ""

@@ -43,8 +43,8 @@ class PrimageArgumentParser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every area registered."""
+def build_parser(areas: Sequence[str] = AREAS) -> argparse.ArgumentParser:
+    """The argument parser with ``areas`` registered (default: every area)."""
     import importlib
 
     parser = PrimageArgumentParser(
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"primage {__version__}")
     subparsers = parser.add_subparsers(dest="area", metavar="<area>")
     subparsers.required = True
-    for area in AREAS:
+    for area in areas:
         importlib.import_module(f"primage.cli.{area}").register(subparsers)
     return parser
 
@@ -68,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # Slicer's --python-script passes "--" through
         argv = argv[1:]
-    parser = build_parser()
+    # Only the named area's module is imported: start-up does not pay for every area's
+    # imports (e.g. pydicom) on each command. Anything else gets the full parser.
+    parser = build_parser([argv[0]] if argv[:1] and argv[0] in AREAS else AREAS)
     args = parser.parse_args(argv)
     previous = warnings.showwarning
     warnings.showwarning = _show_warning

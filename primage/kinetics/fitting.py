@@ -225,7 +225,9 @@ def levenberg_marquardt(
             gradient[held] = 0.0
         step = solve_small(damped, gradient)
         bad_step = ~np.isfinite(step.sum(axis=0))
-        step[:, bad_step] = 0.0
+        # Problems already done (still in the working set until it is compacted) stay put,
+        # so their trial equals their current state and the arrays can be swapped below.
+        step[:, bad_step | ~live] = 0.0
         trial = np.clip(p + step, lower, upper)
         trial_prediction, trial_jacobian = model(trial, work)
         trial_residual = y - trial_prediction
@@ -236,7 +238,7 @@ def levenberg_marquardt(
         gain = np.where(better, rss - trial_rss, 0.0)
         old_rss = rss
 
-        if better.all():  # the usual case: take the trial arrays instead of copying them
+        if np.all(better | ~live):  # usual: take the trial arrays instead of copying
             p, residual, jacobian, rss = trial, trial_residual, trial_jacobian, trial_rss
         else:
             rss = rss.copy()

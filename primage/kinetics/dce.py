@@ -69,6 +69,8 @@ ONSET_EXTRA_FRAMES = 1
 #: Second pass: the onset window ends this long (s) after the first-pass arrival.
 ONSET_REFINE_S = 10.0
 ONSET_REFINE_PASSES = 3
+#: Rise (noise SDs) over the refinement window needed to refine.
+REFINE_SNR = 20.0
 #: Residual reduction (in noise variances) that a step must bring to be kept.
 STEP_EVIDENCE = 4.0
 
@@ -216,41 +218,52 @@ def fit_onset(curves: np.ndarray, times: np.ndarray, end: np.ndarray, latest, no
     return np.where(found, arrival, np.nan), np.where(found, onset, np.nan), rss[rows, best]
 
 
+def _onset_pass(curves, times, end, latest, noise):
+    """One fit of the onset model on the frames 0..end (n,); under noise the continuous
+    onset (``fit_arrival``) replaces the step model unless the step reduces the residual
+    sum of squares by more than STEP_EVIDENCE noise variances: the free step is one more
+    parameter to fit noise with (a chi-square(1) test at p ~ 0.05)."""
+    arrival, onset, step_rss = fit_onset(curves, times, end, latest, noise)
+    noisy = noise > 0
+    if noisy.any():
+        last = float(np.min(np.where(np.isfinite(latest), latest, times[-2])))
+        window = np.arange(times.size)[None, :] <= end[noisy, None]
+        smooth, smooth_rss = fit_arrival(curves[noisy], times, knot_grid(times, last), window)
+        continuous = np.isfinite(smooth) & (
+            smooth_rss - step_rss[noisy] < STEP_EVIDENCE * noise[noisy] ** 2
+        )
+        arrival[noisy] = np.where(continuous, smooth, arrival[noisy])
+        onset[noisy] = np.where(continuous, np.nan, onset[noisy])
+    return arrival, onset
+
+
 def bolus_arrival(curves: np.ndarray, times: np.ndarray, latest=np.inf, noise=0.0):
     """Bolus arrival (s, (n,)) and onset value (RE; NaN for a continuous onset) of every
     curve (n, T) of relative enhancement; see the module doc. ``noise``: the noise SD of
-    each curve (RE units; 0 for noise-free curves). NaN where no interval can be fitted."""
+    each curve (RE units; 0 for noise-free curves); ``latest``: the latest arrival
+    considered (s). NaN where no interval can be fitted."""
     curves = np.atleast_2d(np.asarray(curves, dtype=float))
     times = np.asarray(times, dtype=float)
     latest = np.broadcast_to(np.asarray(latest, dtype=float), curves.shape[:1])
-    noise = np.broadcast_to(np.asarray(noise, dtype=float), curves.shape[:1])
+    noise = np.broadcast_to(np.nan_to_num(np.asarray(noise, dtype=float)), curves.shape[:1])
     end = onset_window_end(curves)
-    arrival, onset, step_rss = fit_onset(curves, times, end, latest, noise)
-    # Refine on a window that ends ONSET_REFINE_S after the arrival: the quadratic only
-    # has to describe the first part of the rise (slow or convex starts).
+    arrival, onset = _onset_pass(curves, times, end, latest, noise)
+    # Refine on a window that ends ONSET_REFINE_S after the arrival: the quadratic then
+    # only describes the first part of the rise (slow or convex starts). Only where the
+    # curve rises by REFINE_SNR noise SDs within that window, so that a few noisy frames
+    # do not decide alone.
+    rows = np.arange(curves.shape[0])
     for _ in range(ONSET_REFINE_PASSES):
         known = np.isfinite(arrival)
         start = np.where(known, arrival, times[0])
         frame = np.searchsorted(times, start, side="right") - 1
         short = np.searchsorted(times, start + ONSET_REFINE_S, side="right") - 1
         short = np.clip(np.minimum(end, np.maximum(short, frame + ONSET_FRAMES)), 0, None)
-        refined, refined_onset, _ = fit_onset(curves, times, short, latest, noise)
-        keep = known & np.isfinite(refined)
+        rise = curves[rows, short] - curves[rows, np.clip(frame, 0, None)]
+        refined, refined_onset = _onset_pass(curves, times, short, latest, noise)
+        keep = known & np.isfinite(refined) & (rise >= REFINE_SNR * noise)
         arrival = np.where(keep, refined, arrival)
         onset = np.where(keep, refined_onset, onset)
-    # With noise, the free step is one more parameter to fit noise with: keep it only
-    # where it explains the frames better than a continuous onset by more than the noise
-    # could (STEP_EVIDENCE noise variances, a chi-square(1) test at p ~ 0.003).
-    noisy = noise > 0
-    if noisy.any():
-        last = float(np.min(np.where(np.isfinite(latest), latest, times[-2])))
-        window = np.arange(times.size)[None, :] <= end[noisy, None]
-        smooth, smooth_rss = fit_arrival(curves[noisy], times, knot_grid(times, last), window)
-        better = np.isfinite(smooth) & (
-            smooth_rss - step_rss[noisy] < STEP_EVIDENCE * noise[noisy] ** 2
-        )
-        arrival[noisy] = np.where(better, smooth, arrival[noisy])
-        onset[noisy] = np.where(better, np.nan, onset[noisy])
     return arrival, onset
 
 

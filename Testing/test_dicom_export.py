@@ -319,6 +319,35 @@ def test_4d_and_multiframe_sources(case, tmp_path):
         assert leaks([o.path for o in result.objects]) == []
 
 
+def test_nan_values_and_deflated_objects(case, tmp_path):
+    folder, _ = case
+    results = folder / "results"
+    adc = sitk.ReadImage(str(results / "adc.nii.gz"))
+    array = sitk.GetArrayFromImage(adc)
+    array[0, 0, :3] = np.nan  # no fit: NaN is stored as NaN, not replaced
+    with_nan = sitk.GetImageFromArray(array)
+    with_nan.CopyInformation(adc)
+    tumour = sitk.ReadImage(str(results / "tumour.nii.gz"))
+    sizes = {}
+    for deflate in (False, True):
+        result = export_results(
+            folder / "t2w", tmp_path / str(deflate), pseudonym=PSEUDONYM, tumour=tumour,
+            maps={"adc": with_nan}, deflate=deflate,
+        )  # fmt: skip
+        files = {o.name: o.path for o in result.objects}
+        values, _ = values_on_grid(pm_values(files["adc"]), adc)
+        assert np.array_equal(values, array, equal_nan=True)
+        assert np.count_nonzero(np.isnan(values)) == 3
+        labels, _ = values_on_grid(seg_labels(files["tumour"])[0], tumour)
+        assert np.array_equal(labels, sitk.GetArrayFromImage(tumour))
+        syntax = pydicom.dcmread(files["tumour"]).file_meta.TransferSyntaxUID
+        assert syntax == ("1.2.840.10008.1.2.1.99" if deflate else "1.2.840.10008.1.2.1")
+        sizes[deflate] = {name: path.stat().st_size for name, path in files.items()}
+        assert leaks(list(files.values())) == []
+    assert sizes[True]["tumour"] < sizes[False]["tumour"] / 3
+    assert sizes[True]["adc"] < sizes[False]["adc"]
+
+
 def test_flipped_index_order_is_the_same_grid(case, tmp_path):
     folder, _ = case
     tumour = sitk.ReadImage(str(folder / "results" / "tumour.nii.gz"))

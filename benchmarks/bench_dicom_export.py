@@ -6,7 +6,8 @@ real series, and on the PET the SUV image as a Parametric Map, with the tumour S
 object is read back independently (highdicom's ``get_volume`` + ``to_simpleitk``, placed on
 the NIfTI grid by physical point) and compared with the NIfTI: voxels differing, largest
 value difference, largest distance between matched voxel centres. Peer: the NIfTI files
-themselves (size ratio DICOM / NIfTI.gz).
+themselves (size ratio DICOM / NIfTI.gz); "deflated" is the same object written with
+``--deflate``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,15 +29,15 @@ sys.path.insert(0, str(ROOT / "Testing"))
 from _dicom_readback import values_on_grid  # noqa: E402
 from _shared_data import IBSI_STS_CASES, ibsi_sts_dicom, ibsi_sts_nifti  # noqa: E402
 
-from primage.dicom.export import export_results  # noqa: E402
+from primage.dicom.export import encode, export_results  # noqa: E402
 
 
 def main() -> int:
     print(
-        "| case | series | object | KiB | NIfTI.gz KiB | write s | read back s | voxels differing "
-        "| max value diff | max centre distance mm |"
+        "| case | series | object | KiB | deflated KiB | NIfTI.gz KiB | write s | read back s "
+        "| voxels differing | max value diff | max centre distance mm |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as temporary:
         for case in IBSI_STS_CASES:
             for series in ("CT", "PET", "MR_T1"):
@@ -51,9 +53,10 @@ def main() -> int:
                     maps=maps,
                 )
                 for obj in result.objects:
+                    deflated = len(encode(pydicom.dcmread(obj.path), deflate=True)) / 1024
                     if obj.kind == "sr":
                         print(
-                            f"| {case} | {series} | SR | {obj.bytes / 1024:.1f} | | "
+                            f"| {case} | {series} | SR | {obj.bytes / 1024:.1f} | {deflated:.1f} | | "
                             f"{obj.build_s + obj.write_s:.3f} | {obj.read_back_s:.3f} | | | |"
                         )
                         continue
@@ -65,7 +68,7 @@ def main() -> int:
                         fill = 0.0
                     else:
                         volume = hd.pm.ParametricMap.from_dataset(
-                            __import__("pydicom").dcmread(obj.path)
+                            pydicom.dcmread(obj.path)
                         ).get_volume()
                         fill = np.nan
                     values, distance = values_on_grid(volume.to_simpleitk(), truth, fill=fill)
@@ -77,6 +80,7 @@ def main() -> int:
                     diff = float(np.nanmax(np.abs(values.astype(float) - expected)))
                     print(
                         f"| {case} | {series} | {obj.kind.upper()} | {obj.bytes / 1024:.1f} | "
+                        f"{deflated:.1f} | "
                         f"{truth_path.stat().st_size / 1024:.1f} | "
                         f"{obj.build_s + obj.write_s:.3f} | {read_s:.3f} | {differing} | "
                         f"{diff:.3g} | {distance:.2g} |"

@@ -61,11 +61,12 @@ def export_segmentation_node(
     *,
     pseudonym: str,
     algorithm: str = "SEMIAUTOMATIC",
+    deflate: bool = False,
 ) -> Path:
     """Write every non-empty segment of ``segmentation_node`` as one binary DICOM SEG file.
 
     Segments keep their names and colours (overlaps allowed); each is taken on the source
-    series' grid. Returns the path written.
+    series' grid. ``deflate``: lossless deflated transfer syntax. Returns the path written.
     """
     series = source_series(source)
     pseudonym = check_pseudonym(pseudonym, series)
@@ -82,11 +83,17 @@ def export_segmentation_node(
     dataset = segmentation_from_masks(
         series, masks, pseudonym=pseudonym, description=f"PRIMAGE {segmentation_node.GetName()}"
     )
-    return write_bytes(encode(dataset), Path(output))
+    return write_bytes(encode(dataset, deflate=deflate), Path(output))
 
 
 def export_volume_node(
-    volume_node, map_name: str, source, output: str | Path, *, pseudonym: str
+    volume_node,
+    map_name: str,
+    source,
+    output: str | Path,
+    *,
+    pseudonym: str,
+    deflate: bool = False,
 ) -> Path:
     """Write a scalar volume node (a map on the source series' grid) as a Parametric Map.
 
@@ -100,4 +107,4 @@ def export_volume_node(
     if not np.issubdtype(array.dtype, np.floating):
         image = sitk.Cast(image, sitk.sitkFloat32)
     dataset = parametric_map_dataset(series, image, map_name, pseudonym=pseudonym)
-    return write_bytes(encode(dataset), Path(output))
+    return write_bytes(encode(dataset, deflate=deflate), Path(output))

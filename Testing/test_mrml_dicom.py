@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pydicom
 import pytest
+import SimpleITK as sitk
 from _dicom_data import MR_T1, MR_T2, same_voxels
 
 slicer = pytest.importorskip("slicer")
@@ -16,6 +17,7 @@ from primage.dicom.synthetic import (  # noqa: E402
     split_volumes,
     write_petct,
     write_series,
+    write_tumour_seg,
 )
 from primage.errors import PrimageInputError  # noqa: E402
 from primage.mrml.dicom import (  # noqa: E402
@@ -26,6 +28,7 @@ from primage.mrml.dicom import (  # noqa: E402
     series_uid_of_node,
     set_node_role,
 )
+from primage.mrml.segmentations import segment_binary_image  # noqa: E402
 from primage.mrml.sequences import series_from_sequence_node  # noqa: E402
 from primage.mrml.volumes import sitk_from_volume_node  # noqa: E402
 from primage.synthetic import make_digital_patient  # noqa: E402
@@ -72,7 +75,9 @@ def study(tmp_path_factory):
         )
     truth: dict = {}
     write_petct(root / "petct", patient, truth)
-    return {"root": root, "files": files, "t2w": t2, "dwi": dwi, "dce": dce, "truth": truth}
+    seg = write_tumour_seg(root / "seg", truth["petct/ct"].files, patient.tumour)
+    return {"root": root, "files": files, "t2w": t2, "dwi": dwi, "dce": dce, "truth": truth,
+            "seg": seg, "tumour": patient.tumour}  # fmt: skip
 
 
 def _series_uid(path) -> str:
@@ -114,6 +119,27 @@ def test_pet_node_holds_suv(study):
     assert nodes["pet"].GetAttribute("PRIMAGE.units") == "SUVbw g/ml"
     suv = slicer.util.arrayFromVolume(nodes["pet"])
     assert suv.max() == pytest.approx(6.0, rel=1e-3)  # the tumour's SUV in the synthetic PET
+
+
+def test_tumour_seg_becomes_a_segmentation_node_on_its_image(study):
+    scene = slicer.vtkMRMLScene()
+    nodes, skipped = load_dicom_files(scene, study["truth"]["petct/ct"].files + study["seg"])
+    assert skipped == [] and sorted(nodes) == ["ct", "tumour_ct"]
+    segmentation = nodes["tumour_ct"]
+    assert segmentation.IsA("vtkMRMLSegmentationNode")
+    assert segmentation.GetAttribute(ROLE_ATTRIBUTE) == "tumour"
+    (segment_id,) = segmentation.GetSegmentation().GetSegmentIDs()
+    assert segmentation.GetSegmentation().GetSegment(segment_id).GetName() == "Tumour"
+    mask = segment_binary_image(segmentation, segment_id)
+    on_grid = sitk.Resample(mask, study["tumour"], sitk.Transform(), sitk.sitkNearestNeighbor)
+    same_voxels(on_grid, study["tumour"])
+    # No tumour ROI by the pattern: the SEG is reported, the CT still loads.
+    nodes, skipped = load_dicom_files(
+        slicer.vtkMRMLScene(), study["truth"]["petct/ct"].files + study["seg"],
+        tumour_pattern="liver",
+    )  # fmt: skip
+    assert sorted(nodes) == ["ct"] and skipped[0]["role"] == "seg"
+    assert "tumour pattern 'liver'" in skipped[0]["reason"]
 
 
 def test_roles_are_proposed_for_nodes_loaded_by_slicer(study):

@@ -251,7 +251,11 @@ def frame_tokens(infos: list[SeriesInfo]) -> dict[str, str]:
     return tokens
 
 
-def _mask_image(mask: MaskPlan) -> tuple[sitk.Image, dict]:
+def mask_image(mask: MaskPlan) -> tuple[sitk.Image, dict]:
+    """The label image of a good mask plan on its image's grid and its case.json entry.
+
+    Raises ``ContourProblem`` / ``SegProblem`` when it cannot be made or holds no voxel.
+    """
     labels, record = mask_labels(mask)
     if not labels.any():
         raise ContourProblem(
@@ -374,7 +378,7 @@ def assemble(
                 if problem is None:
                     step(1.0, f"study {number + 1}: {mask.name}")
                     try:
-                        image, description = _mask_image(mask)
+                        image, description = mask_image(mask)
                     except (ContourProblem, SegProblem) as error:
                         problem = str(error)
                 if problem is not None:

@@ -80,7 +80,7 @@ def _image_plan(info: SeriesInfo, infos: list[SeriesInfo], plans: list[Plan]):
         )
     if target is None:
         return None, "the series it was drawn on is not in this study's files"
-    plan = next((p for p in plans if target in p.members), None)
+    plan = next((p for p in plans if any(m is target for m in p.members)), None)
     if plan is None or plan.problem is not None or plan.name is None:
         why = plan.problem if plan is not None and plan.problem else f"role {target.role}"
         return None, f"the series it was drawn on ({target.series_id}) is not assembled ({why})"
@@ -137,7 +137,7 @@ def mask_labels(mask: MaskPlan) -> tuple[np.ndarray, dict]:
     geometry = mask.image.layout.geometry
     path = mask.info.series.first.path
     columns, rows, slices = geometry.size
-    labels = np.zeros((slices, rows, columns), np.uint8)
+    labels = np.zeros((slices, rows, columns), np.uint8 if len(mask.labels) < 256 else np.uint16)
     record: dict = {"notes": []}
     if mask.kind == "rtstruct":
         from primage.dicom.rtstruct import rasterise, read_structure_set

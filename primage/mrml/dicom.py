@@ -27,11 +27,15 @@ from collections.abc import Callable, Iterable
 
 import slicer
 
-from primage.dicom.assemble import PixelProblem, plan_images
+from primage.dicom.assemble import PixelProblem, mask_image, plan_images
 from primage.dicom.inventory import valid_roles
+from primage.dicom.masks import plan_masks
+from primage.dicom.rtstruct import ContourProblem
 from primage.dicom.scan import ROLE_AXIS, check_study, scan_files
+from primage.dicom.seg_in import SegProblem
 from primage.errors import PrimageInputError
 from primage.io import series_to_volumes
+from primage.mrml.segmentations import segmentation_from_label_image
 from primage.mrml.sequences import VolumeSeries, sequence_node_from_series
 from primage.mrml.volumes import node_label, volume_node_from_sitk
 
@@ -135,15 +139,22 @@ def nodes_by_role(scene) -> dict[str, list]:
 
 
 def load_dicom_files(
-    scene, files: Iterable[str], *, roles: dict[str, str] | None = None
+    scene,
+    files: Iterable[str],
+    *,
+    roles: dict[str, str] | None = None,
+    tumour_pattern: str | None = None,
 ) -> tuple[dict[str, object], list[dict]]:
     """Assemble DICOM files into nodes with PRIMAGE's rules; returns (nodes, skipped).
 
     Each output of the case layout becomes a node named like its file (``t2w``, ``dwi``,
     ``dce``, ``pet``, ``t2w_2`` ...): a scalar volume, or for DWI / DCE a sequence node whose
     index values are the b-values (``b``, s/mm2) or frame times (``time``, s). PET holds
-    SUVbw (g/ml). ``roles`` (series UID -> role) overrides proposed roles. Series that
-    cannot be assembled correctly are returned in ``skipped`` with the reason.
+    SUVbw (g/ml). RT Structure Sets and SEG objects drawn on a loaded 3D image become
+    segmentation nodes (``tumour_ct`` ...) with one segment per tumour ROI (named like the
+    ROI, ``tumour_pattern`` as in ``primage dicom assemble --tumour-roi``), on that image's
+    grid. ``roles`` (series UID -> role) overrides proposed roles. Series that cannot be
+    assembled correctly are returned in ``skipped`` with the reason.
     """
     files = [str(f) for f in files]
     if not files:
@@ -158,7 +169,8 @@ def load_dicom_files(
             if roles and info.uid in roles:
                 info.role = roles[info.uid]
         prefix = "" if len(result.studies) == 1 else f"study{number} "
-        for plan in check_study(infos):
+        plans = check_study(infos, tumour_pattern)
+        for plan in plans:
             if plan.problem is None:
                 try:
                     image, record = plan_images(plan)
@@ -191,6 +203,27 @@ def load_dicom_files(
             if record.get("time_source"):
                 node.SetAttribute("PRIMAGE.timeSource", record["time_source"])
             nodes[name] = node
+        for mask in plan_masks(infos, plans, tumour_pattern):
+            problem = mask.problem
+            if problem is None and (mask.image.problem or mask.image.layout.axis != "none"):
+                problem = f"its image {mask.image.name} is not loaded as a 3D volume"
+            if problem is None:
+                try:
+                    image, record = mask_image(mask)
+                except (ContourProblem, SegProblem) as error:
+                    problem = str(error)
+            if problem is not None:
+                skipped.append(
+                    {"role": mask.kind, "series_uids": [mask.info.uid], "reason": problem}
+                )
+                continue
+            names = {int(label): text for label, text in record["labels"].items()}
+            node = segmentation_from_label_image(
+                image, scene, names, reference_volume_node=nodes[prefix + mask.image.name],
+                name=prefix + mask.name,
+            )  # fmt: skip
+            node.SetAttribute(ROLE_ATTRIBUTE, "tumour")
+            nodes[prefix + mask.name] = node
     return nodes, skipped
 
 

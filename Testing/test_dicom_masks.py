@@ -17,6 +17,8 @@ from _dicom_data import SECRET, winding_inside, write_structure_set
 from _shared_data import ibsi_sts_dicom, ibsi_sts_nifti
 
 from primage.cli import main
+from primage.dicom import scan_folder
+from primage.dicom.inventory import inventory_rows
 from primage.dicom.pseudonym import Pseudonymiser
 from primage.dicom.rtstruct import ContourProblem, fill_polygons, rasterise
 from primage.dicom.series import Geometry
@@ -318,3 +320,20 @@ def test_frames_of_reference_become_tokens_in_order_of_first_appearance(tmp_path
     assert tokens == {"t2w.nii.gz": "FoR-1", "ct.nii.gz": "FoR-2", "pet.nii.gz": "FoR-2"}
     text = "".join(p.read_text() for p in (tmp_path / "cohort").rglob("*.json"))
     assert mr.frame_of_reference not in text and petct.frame_of_reference not in text
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_seg_without_a_referenced_series_is_matched_by_its_source_images(tmp_path):
+    case = "STS_012"
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(ibsi_sts_nifti(case, "PET", "mask")))) > 0
+    folder = tmp_path / "in"
+    folder.mkdir()
+    images = ibsi_sts_dicom(case) / "PET" / "image"
+    os.symlink(images, folder / "pet", target_is_directory=True)
+    path = folder / "seg" / "seg.dcm"
+    _write_seg(path, images, {"tumour": truth}, fractional=False)
+    seg = pydicom.dcmread(path)
+    del seg.ReferencedSeriesSequence
+    seg.save_as(path)
+    rows = {r["modality"]: r for r in inventory_rows(scan_folder(folder)) if r["series_uid"]}
+    assert rows["SEG"]["output"] == "tumour_pet" and rows["SEG"]["status"] == "ok"

@@ -271,6 +271,11 @@ def object_references(dataset) -> dict:
             series.append(_text(item.get("SeriesInstanceUID")))
             for image in item.get("ReferencedInstanceSequence") or []:
                 instances.append(_text(image.get("ReferencedSOPInstanceUID")))
+        if not series:  # older SEGs: the source images of each frame
+            for frame in dataset.get("PerFrameFunctionalGroupsSequence") or []:
+                for derivation in frame.get("DerivationImageSequence") or []:
+                    for image in derivation.get("SourceImageSequence") or []:
+                        instances.append(_text(image.get("ReferencedSOPInstanceUID")))
         segments = sorted(
             (int(item.get("SegmentNumber") or 0), _text(item.get("SegmentLabel")))
             for item in dataset.get("SegmentSequence") or []

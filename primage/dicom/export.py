@@ -537,6 +537,8 @@ _REMOVED = (
     "ReferringPhysicianIdentificationSequence",
 )
 _TEXT_VRS = {"PN", "LO", "SH", "LT", "ST", "UT", "UC", "CS", "DA", "DT", "AE"}
+#: Largest value length of the short text VRs (characters).
+_MAX_LENGTH = {"SH": 16, "CS": 16, "AE": 16, "LO": 64, "PN": 64, "ST": 1024, "LT": 10240}
 
 
 def check_pseudonym(pseudonym: str, source: SourceSeries | None = None) -> str:
@@ -587,8 +589,11 @@ def pseudonymise(dataset, pseudonym: str, identity: Sequence[str]) -> None:
                 for pattern in patterns:
                     cleaned = [pattern.sub(pseudonym, v) for v in cleaned]
                 if cleaned != [str(v) for v in values]:
-                    if element.VR in ("DA", "DT"):
-                        element.value = ""
+                    limit = _MAX_LENGTH.get(element.VR)
+                    if element.VR in ("DA", "DT") or (
+                        limit is not None and any(len(v) > limit for v in cleaned)
+                    ):
+                        element.value = ""  # a value that cannot hold the pseudonym: emptied
                     else:
                         element.value = cleaned if element.VM > 1 else cleaned[0]
 
@@ -1232,7 +1237,7 @@ def export_results(
         table = _habitat_table(path)
         values = {int(h["label"]): h for h in (table or {}).get("habitats", [])}
         parameter = FCF_PARAMETERS.get(str((table or {}).get("parameter")))
-        title = name.removesuffix("_habitats").replace("_", " ").upper().replace("FCF ", "FCF ")
+        title = name.removesuffix("_habitats").replace("_", " ").upper()
         segments = _label_segments(array, None, f"{title} habitat", "AUTOMATIC")
         for segment in segments:
             segment.name = f"{title} habitat {segment.label}"

@@ -66,9 +66,8 @@ ONSET_FRAMES = 3
 ONSET_LEVEL = 0.5
 #: Frames kept after the first frame past ONSET_LEVEL.
 ONSET_EXTRA_FRAMES = 1
-#: Second pass: the onset window ends this long (s) after the first-pass arrival.
+#: Refinement: the onset window ends this long (s) after the first arrival.
 ONSET_REFINE_S = 10.0
-ONSET_REFINE_PASSES = 3
 #: Rise (noise SDs) over the refinement window needed to refine.
 REFINE_SNR = 20.0
 #: Residual reduction (in noise variances) that a step must bring to be kept.
@@ -161,22 +160,28 @@ def fit_onset(curves: np.ndarray, times: np.ndarray, end: np.ndarray, latest, no
     with np.errstate(divide="ignore", invalid="ignore"):
         level = before_sum / before_count
         rss = np.cumsum(y * y, axis=1) - before_sum * level
-    sums = [_suffix(inside * tau**p) for p in range(5)]
-    vector = np.stack([_suffix(y * tau**p) for p in range(3)], axis=-1)
-    normal = np.empty((n, count, 3, 3))
+    # Only the intervals that some curve may use: ONSET_FRAMES before its window end, and
+    # not after ``latest``.
+    latest = np.broadcast_to(np.asarray(latest, dtype=float), (n,))
+    last_open = np.searchsorted(times, latest + 1e-9, side="right") - 1
+    columns = int(np.clip(np.max(np.minimum(end - ONSET_FRAMES, last_open)) + 1, 1, count - 1))
+    sums = [_suffix(inside * tau**p)[:, :columns] for p in range(5)]
+    vector = np.stack([_suffix(y * tau**p)[:, :columns] for p in range(3)], axis=-1)
+    normal = np.empty((n, columns, 3, 3))
     for i in range(3):
         for j in range(3):
             normal[..., i, j] = sums[i + j]
     beta = np.einsum("nkij,nkj->nki", inverse_small(normal), vector)
-    rss = rss + _suffix(y * y) - np.einsum("nki,nki->nk", beta, vector)
+    rss = rss[:, :columns] + _suffix(y * y)[:, :columns]
+    rss = rss - np.einsum("nki,nki->nk", beta, vector)
     valid = (sums[0] >= ONSET_FRAMES) & np.isfinite(rss)
-    valid &= times[None, :] <= np.asarray(latest, dtype=float).reshape(-1, 1) + 1e-9
+    valid &= times[None, :columns] <= latest[:, None] + 1e-9
     rss = np.where(valid, rss, np.inf)
     best = np.argmin(rss, axis=1)
     rows = np.arange(n)
     found = np.isfinite(rss[rows, best])
-    best = np.minimum(best, count - 2)
-    a, coefficients = level[rows, best], beta[rows, best]
+    coefficients = beta[rows, best]
+    a = level[rows, best]
 
     def excess(t):  # q(t) - a
         x = (t - centre) / scale
@@ -227,6 +232,7 @@ def _onset_pass(curves, times, end, latest, noise):
     noisy = noise > 0
     if noisy.any():
         last = float(np.min(np.where(np.isfinite(latest), latest, times[-2])))
+        last = min(last, float(times[np.max(end[noisy])]))  # no knot beyond every window
         window = np.arange(times.size)[None, :] <= end[noisy, None]
         smooth, smooth_rss = fit_arrival(curves[noisy], times, knot_grid(times, last), window)
         continuous = np.isfinite(smooth) & (
@@ -248,22 +254,25 @@ def bolus_arrival(curves: np.ndarray, times: np.ndarray, latest=np.inf, noise=0.
     noise = np.broadcast_to(np.nan_to_num(np.asarray(noise, dtype=float)), curves.shape[:1])
     end = onset_window_end(curves)
     arrival, onset = _onset_pass(curves, times, end, latest, noise)
-    # Refine on a window that ends ONSET_REFINE_S after the arrival: the quadratic then
-    # only describes the first part of the rise (slow or convex starts). Only where the
-    # curve rises by REFINE_SNR noise SDs within that window, so that a few noisy frames
-    # do not decide alone.
+    # Refine once on a window that ends ONSET_REFINE_S after the arrival: the quadratic
+    # then only describes the first part of the rise (slow or convex starts). Only where
+    # the curve rises by REFINE_SNR noise SDs within that window, so that a few noisy
+    # frames do not decide alone.
     rows = np.arange(curves.shape[0])
-    for _ in range(ONSET_REFINE_PASSES):
-        known = np.isfinite(arrival)
-        start = np.where(known, arrival, times[0])
-        frame = np.searchsorted(times, start, side="right") - 1
-        short = np.searchsorted(times, start + ONSET_REFINE_S, side="right") - 1
-        short = np.clip(np.minimum(end, np.maximum(short, frame + ONSET_FRAMES)), 0, None)
-        rise = curves[rows, short] - curves[rows, np.clip(frame, 0, None)]
-        refined, refined_onset = _onset_pass(curves, times, short, latest, noise)
-        keep = known & np.isfinite(refined) & (rise >= REFINE_SNR * noise)
-        arrival = np.where(keep, refined, arrival)
-        onset = np.where(keep, refined_onset, onset)
+    known = np.isfinite(arrival)
+    start = np.where(known, arrival, times[0])
+    frame = np.searchsorted(times, start, side="right") - 1
+    short = np.searchsorted(times, start + ONSET_REFINE_S, side="right") - 1
+    short = np.clip(np.minimum(end, np.maximum(short, frame + ONSET_FRAMES)), 0, None)
+    rise = curves[rows, short] - curves[rows, np.clip(frame, 0, None)]
+    todo = known & (rise >= REFINE_SNR * noise) & (short < end)
+    if todo.any():
+        refined, refined_onset = _onset_pass(
+            curves[todo], times, short[todo], latest[todo], noise[todo]
+        )
+        keep = np.isfinite(refined)
+        arrival[todo] = np.where(keep, refined, arrival[todo])
+        onset[todo] = np.where(keep, refined_onset, onset[todo])
     return arrival, onset
 
 

@@ -246,7 +246,8 @@ def displacement_mm(
 
 
 def _refine(fixed, moving, settings, masks, use_masks, bound_mm, why):
-    """Rigid refinement from the headers' alignment, kept only when it is better by
+    """Rigid refinement from the headers' alignment, kept only when the registration's
+    own check kept it (better than the start on fresh samples) and when it is better by
     measures the optimiser did not see: mutual information on a dense histogram (every
     voxel of the overlap, or of the dilated reference tumour when masks are used) must
     rise, the Dice of the tumour masks (both given) must not fall by more than 0.01, and
@@ -266,6 +267,11 @@ def _refine(fixed, moving, settings, masks, use_masks, bound_mm, why):
         moving_mask=moving_mask if use_masks else None,
     )
     refined = result.transform
+    if result.kept_start:
+        record = {"stages": result.stages, "seconds": result.seconds}
+        record["refinement"] = {"kept": False, "acceptance": result.acceptance}
+        reason = result.acceptance.get("reason", "not better than the start")
+        return identity, "resampled", f"{why} rejected ({reason}): resampled only", record
     region = None
     if use_masks:
         from primage.io import mask_on_image_grid
@@ -301,6 +307,7 @@ def _refine(fixed, moving, settings, masks, use_masks, bound_mm, why):
             f"moved the {moved['over']} {moved['mean']:.2f} mm, more than refine_max_mm {bound_mm:g}"
         )
     check["kept"] = not problems
+    check["acceptance"] = result.acceptance
     record = {"stages": result.stages, "seconds": result.seconds, "refinement": check}
     if problems:
         return (
@@ -372,6 +379,7 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
             use_masks = options["use_masks"] and len(masks) == 2
             thresholds = settings["qc"] if settings is not None else None
             record: dict[str, Any] = {"preset": preset, "mode": mode}
+            acceptance = None  # the registration's own "never worse" check, when it ran
             if mode == "resample":
                 transform, alignment = sitk.Transform(3, sitk.sitkIdentity), "resampled"
             elif mode == "refine":
@@ -389,6 +397,10 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
                 )
                 transform, alignment = result.transform, "registered"
                 record.update(stages=result.stages, seconds=result.seconds)
+                acceptance = result.acceptance
+                if result.kept_start:
+                    start = result.initialisation.get("method", "start")
+                    why += f"; optimisation not better than its start ({start}), start kept"
             qc = quality_control(
                 fixed,
                 moving,
@@ -397,6 +409,7 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
                 moving_mask=masks.get("moving_mask"),
                 thresholds=thresholds,
                 masks_used=use_masks,
+                acceptance=acceptance,
             )
             qc["alignment"], qc["alignment_reason"] = alignment, why
             qc["displacement_mm"] = displacement_mm(transform, fixed, masks.get("fixed_mask"))

@@ -337,3 +337,56 @@ def test_a_seg_without_a_referenced_series_is_matched_by_its_source_images(tmp_p
     seg.save_as(path)
     rows = {r["modality"]: r for r in inventory_rows(scan_folder(folder)) if r["series_uid"]}
     assert rows["SEG"]["output"] == "tumour_pet" and rows["SEG"]["status"] == "ok"
+
+
+def test_a_structure_set_referencing_a_missing_series_falls_back_to_its_frame_of_reference(
+    ct_with_contours, tmp_path
+):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    os.symlink(ct_with_contours["root"] / "in" / "ct", folder / "ct", target_is_directory=True)
+    rs = pydicom.dcmread(ct_with_contours["root"] / "in" / "rs" / "RS.dcm")
+    series = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    series.RTReferencedSeriesSequence[0].SeriesInstanceUID = pydicom.uid.generate_uid()
+    del series.RTReferencedSeriesSequence[0].ContourImageSequence  # an export with new UIDs
+    rs.save_as(folder / "RS.dcm")
+    rows = {r["modality"]: r for r in inventory_rows(scan_folder(folder)) if r["series_uid"]}
+    assert rows["RTSTRUCT"]["output"] == "tumour_ct", rows["RTSTRUCT"]["reason"]
+    (tmp_path / "secret").write_text(SECRET)
+    code = main(
+        ["dicom", "assemble", "-i", str(folder), "--inventory", str(_write_inventory(tmp_path, folder)),
+         "-o", str(tmp_path / "cohort"), "--secret-file", str(tmp_path / "secret"), "-q"]
+    )  # fmt: skip
+    assert code == 0
+    result = tmp_path / "cohort" / ct_with_contours["case"]
+    entry = json.loads((result / "case.json").read_text())["files"]["tumour_ct.nii.gz"]
+    assert entry["matched_by"] == "frame of reference"
+    code, cohort = _assemble(ct_with_contours, "referenced")  # the same, found by reference
+    assert code == 0
+    reference = cohort / ct_with_contours["case"] / "tumour_ct.nii.gz"
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(result / "tumour_ct.nii.gz"))),
+        sitk.GetArrayFromImage(sitk.ReadImage(str(reference))),
+    )
+
+
+def test_without_a_series_reference_several_images_in_one_frame_are_ambiguous(tmp_path):
+    """IBSI's PET, CT and MR share one frame of reference: a structure set that names none of
+    them is not guessed onto one."""
+    case = ibsi_sts_dicom("STS_012")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for series in ("CT", "PET", "MR_T1"):
+        os.symlink(case / series / "image", folder / series, target_is_directory=True)
+    rs = pydicom.dcmread(case / "PET" / "mask" / "RS.dcm")
+    del rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence
+    rs.save_as(folder / "RS.dcm")
+    rows = {r["modality"]: r for r in inventory_rows(scan_folder(folder)) if r["series_uid"]}
+    assert rows["RTSTRUCT"]["status"] == "error" and rows["RTSTRUCT"]["output"] == ""
+    assert "3 images share its frame of reference (t1w, ct, pet)" in rows["RTSTRUCT"]["reason"]
+
+
+def _write_inventory(tmp_path: Path, folder: Path) -> Path:
+    inventory = tmp_path / "inventory.csv"
+    assert main(["dicom", "scan", "-i", str(folder), "-o", str(inventory), "-q"]) == 0
+    return inventory

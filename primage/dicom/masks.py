@@ -3,7 +3,8 @@ drawn on.
 
 A structure set (role ``rtstruct``) or SEG (role ``seg``) of a study is matched to the
 image it references: the series in its referenced-series sequence, else the series that
-holds one of its referenced instances. It becomes ``tumour_<image>.nii.gz`` (e.g.
+holds one of its referenced instances, else the only assembled 3D image of the study in its
+frame of reference (noted in ``case.json``). It becomes ``tumour_<image>.nii.gz`` (e.g.
 ``tumour_ct.nii.gz`` beside ``ct.nii.gz``) on that image's grid. Its ROIs / segments whose
 name matches the tumour pattern (:data:`DEFAULT_TUMOUR_PATTERN`, a case-insensitive
 regular expression searched in the name; ``primage dicom assemble --tumour-roi``) get one
@@ -57,6 +58,7 @@ class MaskPlan:
     labels: list[tuple[int, int, str]] = field(default_factory=list)  # (label, index, name)
     unused: list[str] = field(default_factory=list)  # names that do not match the pattern
     problem: str | None = None
+    matched_by: str = ""  # how the image was found
 
     @property
     def kind(self) -> str:
@@ -64,11 +66,13 @@ class MaskPlan:
 
 
 def _image_plan(info: SeriesInfo, infos: list[SeriesInfo], plans: list[Plan]):
-    """(plan, problem): the image plan the mask object refers to."""
+    """(plan, problem, how): the image plan the mask object refers to."""
     references = info.series.first.references
     by_uid = {other.uid: other for other in infos}
     target = next((by_uid[uid] for uid in references.get("series", []) if uid in by_uid), None)
+    how = "referenced series"
     if target is None and references.get("instances"):
+        how = "referenced instances"
         wanted = set(references["instances"])
         target = next(
             (
@@ -79,12 +83,39 @@ def _image_plan(info: SeriesInfo, infos: list[SeriesInfo], plans: list[Plan]):
             None,
         )
     if target is None:
-        return None, "the series it was drawn on is not in this study's files"
+        return (*_plan_by_frame_of_reference(info, plans), "frame of reference")
     plan = next((p for p in plans if any(m is target for m in p.members)), None)
     if plan is None or plan.problem is not None or plan.name is None:
         why = plan.problem if plan is not None and plan.problem else f"role {target.role}"
-        return None, f"the series it was drawn on ({target.series_id}) is not assembled ({why})"
-    return plan, None
+        problem = f"the series it was drawn on ({target.series_id}) is not assembled ({why})"
+        return None, problem, how
+    return plan, None, how
+
+
+def _plan_by_frame_of_reference(info: SeriesInfo, plans: list[Plan]):
+    """(plan, problem) when the referenced series is absent: the one assembled 3D image of
+    the study in the mask's frame of reference (contours and SEG voxels are in patient
+    coordinates, so they still fall on that grid), or why there is none."""
+    frame = info.series.first.frame_of_reference
+    candidates = [
+        p
+        for p in plans
+        if p.problem is None
+        and p.name is not None
+        and p.layout is not None
+        and p.layout.axis == "none"
+        and frame
+        and p.members[0].series.first.frame_of_reference == frame
+    ]
+    if len(candidates) == 1:
+        return candidates[0], None
+    if not candidates:
+        return None, "the series it was drawn on is not in this study's files"
+    names = ", ".join(p.name for p in candidates)
+    return None, (
+        f"the series it was drawn on is not in this study's files, and {len(candidates)} "
+        f"images share its frame of reference ({names}); set the role of the others to skip"
+    )
 
 
 def plan_masks(
@@ -102,7 +133,7 @@ def plan_masks(
         if problems:
             mask.problem = problems[0]
             continue
-        mask.image, mask.problem = _image_plan(info, infos, plans)
+        mask.image, mask.problem, mask.matched_by = _image_plan(info, infos, plans)
         if mask.problem:
             continue
         names = info.series.first.references.get("names", [])
@@ -138,7 +169,7 @@ def mask_labels(mask: MaskPlan) -> tuple[np.ndarray, dict]:
     path = mask.info.series.first.path
     columns, rows, slices = geometry.size
     labels = np.zeros((slices, rows, columns), np.uint8 if len(mask.labels) < 256 else np.uint16)
-    record: dict = {"notes": []}
+    record: dict = {"matched_by": mask.matched_by, "notes": []}
     if mask.kind == "rtstruct":
         from primage.dicom.rtstruct import rasterise, read_structure_set
 
@@ -175,6 +206,10 @@ def mask_labels(mask: MaskPlan) -> tuple[np.ndarray, dict]:
         overlap += voxels
     record["labels"] = {str(label): name for label, _index, name in mask.labels}
     record["voxels"] = {str(label): int(voxels.sum()) for label, voxels in inside.items()}
+    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+    record["volume_ml"] = {
+        str(label): round(int(voxels.sum()) * voxel_ml, 6) for label, voxels in inside.items()
+    }
     if (overlap > 1).any():
         record["notes"].append(
             f"{int((overlap > 1).sum())} voxels in more than one ROI: the later ROI's label kept"

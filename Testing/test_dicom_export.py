@@ -433,6 +433,47 @@ def test_cli_exports_and_prints_no_identity(case, tmp_path):
     )
 
 
+def test_case_folder_of_the_pipeline(case, tmp_path, capsys):
+    """``--case``: the results where the pipeline writes them (OUT/<case>/<step>/...)."""
+    import shutil
+
+    folder, _ = case
+    results = folder / "results"
+    case_dir = tmp_path / "P0007"
+    for step, names in {
+        "segment": ["tumour.nii.gz"],
+        "kinetics": ["adc.nii.gz", "ktrans.nii.gz", "fcf_adc_habitats.nii.gz", "fcf_adc.json"],
+        "radiomics": ["t2w.csv"],
+    }.items():
+        (case_dir / step).mkdir(parents=True)
+        for name in names:
+            shutil.copy(results / name, case_dir / step / name)
+    (case_dir / "radiomics" / "t2w.diagnostics.csv").write_text("image,label,x\nt2w,1,2\n")
+    out = tmp_path / "dicom"
+    code = main(
+        ["dicom", "export", "--source", str(folder / "t2w"), "--case", str(case_dir),
+         "-o", str(out), "--pseudonym", PSEUDONYM, "-q"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    written = sorted(p.name for p in out.glob("*.dcm"))
+    assert written == [
+        "pm_adc.dcm", "pm_ktrans.dcm", "seg_fcf_adc_habitats.dcm", "seg_tumour.dcm",
+        "sr_measurements.dcm",
+    ]  # fmt: skip
+    values, _ = values_on_grid(
+        pm_values(out / "pm_ktrans.dcm"), sitk.ReadImage(str(results / "ktrans.nii.gz"))
+    )
+    assert np.array_equal(
+        values, sitk.GetArrayFromImage(sitk.ReadImage(str(results / "ktrans.nii.gz")))
+    )
+    sr = hd.sr.srread(out / "sr_measurements.dcm")
+    ids = {g.tracking_identifier for g in sr.content.get_volumetric_roi_measurement_groups()}
+    assert {"tumour", "tumour radiomics t2w"} <= ids and len(ids) == 5  # + 3 habitats
+    code = main(["dicom", "export", "--source", str(folder / "t2w"), "--case", str(tmp_path),
+                 "-o", str(out), "--pseudonym", PSEUDONYM])  # fmt: skip
+    assert code == 2 and "holds no pipeline results" in capsys.readouterr().err
+
+
 def test_bad_input_is_one_clear_message(case, tmp_path, capsys):
     folder, _ = case
     results = folder / "results"

@@ -35,6 +35,12 @@ def add_export_action(actions) -> None:
     export.add_argument(
         "--output", "-o", required=True, metavar="DIR", help="folder for the DICOM objects"
     )
+    export.add_argument(
+        "--case",
+        metavar="CASE_DIR",
+        help="a pipeline case folder (OUT/<case>): its tumour, kinetics maps, habitats and "
+        "radiomics tables (the options below add to or replace them)",
+    )
     export.add_argument("--tumour", metavar="MASK.nii.gz", help="tumour label image")
     export.add_argument(
         "--segment-name",
@@ -125,9 +131,14 @@ def _pseudonym(args: argparse.Namespace) -> str:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``primage dicom export``."""
-    from primage.dicom.export import export_results
+    from primage.dicom.export import case_results, export_results
 
-    maps = _maps(args.map)
+    found = (
+        case_results(args.case)
+        if args.case
+        else {"tumour": None, "habitats": [], "maps": {}, "features": []}
+    )
+    maps = {**found["maps"], **_maps(args.map)}
     names = _names(args.segment_name)
     if not Path(args.source).is_dir():
         raise PrimageInputError(f"source series folder does not exist: {args.source}")
@@ -137,11 +148,11 @@ def run_export(args: argparse.Namespace) -> int:
         args.output,
         pseudonym=pseudonym,
         series_uid=args.series_uid,
-        tumour=args.tumour,
+        tumour=args.tumour or found["tumour"],
         tumour_names=names,
-        habitats=args.habitats,
+        habitats=[*found["habitats"], *args.habitats],
         maps=maps,
-        features=args.features,
+        features=[*found["features"], *args.features],
         deflate=args.deflate,
     )
     if not args.quiet:

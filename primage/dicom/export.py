@@ -1098,6 +1098,34 @@ def _intensity_unit(image_name: str) -> str:
     return {"ct": "[hnsf'U]", "pet": "g/mL"}.get(image_name, "[arb'U]")
 
 
+def case_results(case_folder: str | Path) -> dict:
+    """The results of one pipeline case folder (``OUT/<case>``), as :func:`export_results`
+    arguments: ``segment/tumour.nii.gz``, the maps and FCF habitats of ``kinetics/`` (file
+    names of :data:`MAPS`, ``*_habitats.nii.gz``) and the tables of ``radiomics/``."""
+    folder = Path(case_folder)
+    if not folder.is_dir():
+        raise PrimageInputError(f"case folder does not exist: {folder}")
+    tumour = folder / "segment" / "tumour.nii.gz"
+    kinetics = sorted((folder / "kinetics").glob("*.nii.gz"))
+    found = {
+        "tumour": tumour if tumour.is_file() else None,
+        "habitats": [p for p in kinetics if _stem(p).endswith("_habitats")],
+        "maps": {_stem(p): p for p in kinetics if _stem(p) in MAPS},
+        "features": [
+            p
+            for p in sorted((folder / "radiomics").glob("*.csv"))
+            if not p.name.endswith(".diagnostics.csv")
+        ],
+    }
+    if found["tumour"] is None and not found["habitats"] and not found["maps"]:
+        raise PrimageInputError(
+            f"{folder} holds no pipeline results (segment/tumour.nii.gz, kinetics/*.nii.gz)"
+        )
+    if found["tumour"] is None:
+        found["features"] = []  # features need the tumour segment they describe
+    return found
+
+
 def export_results(
     source_folder: str | Path,
     output_folder: str | Path,

@@ -397,26 +397,28 @@ class Candidate:
         }
 
 
-#: Fresh samples of the "never worse" check: sets, and samples per set relative to the
-#: largest per-level count of the stages (at least ``_CHECK_MIN_SAMPLES``).
+#: Fresh samples of the "never worse" check: ``_CHECK_SETS`` disjoint sets of voxels of
+#: the full-resolution fixed image, each a sub-grid (every f-th voxel along each axis, at
+#: a different offset) of about ``_CHECK_SAMPLES`` voxels (all of them when the fixed
+#: image, or its dilated mask, is smaller), at least ``_CHECK_FACTOR`` times the largest
+#: per-level sample count of the optimisation.
 _CHECK_SETS = 3
+_CHECK_SAMPLES = 150000
 _CHECK_FACTOR = 4
-_CHECK_MIN_SAMPLES = 20000
 #: The optimised result must beat the start by this many standard errors of the paired
-#: difference over the sample sets (and by a relative ``_CHECK_MIN_GAIN``): a gain within
-#: the sampling noise is not evidence that the optimiser improved anything.
+#: difference over the sets (and by a relative ``_CHECK_MIN_GAIN``): a gain within the
+#: sampling noise is not evidence that the optimiser improved anything.
 _CHECK_SIGMAS = 2.0
 _CHECK_MIN_GAIN = 1e-3
 
 
 class _Scorer:
     """The metric of the registration (a stage's kind and bins, its masks) evaluated for
-    a fixed -> moving transform on one pyramid level.
+    a fixed -> moving transform on given images.
 
-    ``MetricEvaluate`` ignores SimpleITK's sampling settings (it uses every voxel of the
-    fixed mask), so a random sample is a random mask: voxels drawn with a seeded
-    generator inside the (dilated) fixed mask. The same seed gives the same voxels, so a
-    start and a result are compared on the same sample (a paired comparison).
+    ``MetricEvaluate`` ignores SimpleITK's sampling settings and uses every voxel of the
+    fixed image (inside the fixed mask), so a sample is chosen by the fixed image given:
+    a pyramid level, or a sub-grid of the full-resolution image.
     """
 
     def __init__(self, pyramids, stages, fixed_mask, moving_mask) -> None:
@@ -424,52 +426,10 @@ class _Scorer:
         self.stages = stages
         self.fixed_mask = fixed_mask
         self.moving_mask = moving_mask
-        self._samples: dict[tuple, sitk.Image | None] = {}
 
-    def _sample(self, level: sitk.Image, samples: int, seed: int, key: tuple):
-        if key not in self._samples:
-            region = None
-            if self.fixed_mask is not None:
-                region = (
-                    sitk.GetArrayFromImage(
-                        sitk.Resample(
-                            self.fixed_mask, level, sitk.Transform(), sitk.sitkNearestNeighbor
-                        )
-                    )
-                    > 0
-                )
-            count = (
-                int(np.count_nonzero(region)) if region is not None else level.GetNumberOfPixels()
-            )
-            if samples >= count:
-                chosen = region  # every voxel (of the mask)
-            else:
-                shape = tuple(reversed(level.GetSize()))
-                chosen = np.random.default_rng(seed).random(shape) < samples / count
-                if region is not None:
-                    chosen &= region
-            mask = None
-            if chosen is not None:
-                mask = sitk.GetImageFromArray(chosen.astype(np.uint8))
-                mask.CopyInformation(level)
-            self._samples[key] = mask
-        return self._samples[key]
-
-    def cost(
-        self,
-        transform: sitk.Transform,
-        *,
-        samples: int,
-        seed: int,
-        shrink: int = 1,
-        sigma: float = 0.0,
-        stage: dict | None = None,
-    ) -> float | None:
-        """Metric value (lower is better) on about ``samples`` random voxels of the level;
-        None when too few of them fall inside the moving image."""
+    def cost(self, transform, fixed, moving, stage: dict | None = None) -> float | None:
+        """Metric value (lower is better); None when too few voxels fall in the overlap."""
         stage = stage or self.stages[-1]
-        fixed = self.pyramids[0].level(shrink, sigma)
-        moving = self.pyramids[1].level(shrink, sigma)
         method = sitk.ImageRegistrationMethod()
         if stage["metric"] == "mattes":
             method.SetMetricAsMattesMutualInformation(stage["histogram_bins"])
@@ -481,9 +441,8 @@ class _Scorer:
         method.MetricUseMovingImageGradientFilterOff()
         method.SetMetricSamplingStrategy(method.NONE)
         method.SetInterpolator(sitk.sitkLinear)
-        sample = self._sample(fixed, samples, seed, (shrink, float(sigma), samples, seed))
-        if sample is not None:
-            method.SetMetricFixedMask(sample)
+        if self.fixed_mask is not None:
+            method.SetMetricFixedMask(self.fixed_mask)
         if self.moving_mask is not None:
             method.SetMetricMovingMask(self.moving_mask)
         method.SetMovingInitialTransform(transform)
@@ -493,6 +452,33 @@ class _Scorer:
         except RuntimeError:
             return None
         return float(value) if math.isfinite(value) else None
+
+    def level_cost(self, transform, shrink: int, sigma: float, stage: dict) -> float | None:
+        """The metric on one pyramid level (every voxel of it)."""
+        return self.cost(
+            transform,
+            self.pyramids[0].level(shrink, sigma),
+            self.pyramids[1].level(shrink, sigma),
+            stage,
+        )
+
+    def check_sets(self, minimum: int, seed: int) -> list[sitk.Image]:
+        """Disjoint sub-grids of the full-resolution fixed image (fresh samples)."""
+        fixed = self.pyramids[0].image
+        count = (
+            np.count_nonzero(sitk.GetArrayViewFromImage(self.fixed_mask))
+            if self.fixed_mask is not None
+            else fixed.GetNumberOfPixels()
+        )
+        target = max(_CHECK_SAMPLES, minimum)
+        factor = max(1, int((count / target) ** (1.0 / 3.0)))
+        if factor == 1:
+            factor = 2 if count >= 8 * minimum else 1
+        if factor == 1:
+            return [fixed]  # small: every voxel, one set (no noise estimate needed)
+        offsets = [(i, j, k) for i in range(factor) for j in range(factor) for k in range(factor)]
+        picks = np.random.default_rng(seed).choice(len(offsets), _CHECK_SETS, replace=False)
+        return [fixed[i::factor, j::factor, k::factor] for i, j, k in (offsets[p] for p in picks)]
 
 
 def _choose_start(fixed, moving, settings, initial_transform, fixed_mask, scorer):
@@ -516,9 +502,7 @@ def _choose_start(fixed, moving, settings, initial_transform, fixed_mask, scorer
     for candidate in candidates:
         if overlap_fraction(fixed, moving, candidate.transform(), fixed_mask) == 0.0:
             continue
-        candidate.cost = scorer.cost(
-            candidate.transform(), samples=max(first["samples"]), seed=settings["seed"], **coarse
-        )
+        candidate.cost = scorer.level_cost(candidate.transform(), **coarse)
         if candidate.cost is not None:
             usable.append(candidate)
     if not usable:
@@ -551,13 +535,15 @@ def _accept(scorer: _Scorer, start: sitk.Transform, result: sitk.Transform, seed
     """Keep the optimised ``result`` only when its metric on fresh, denser samples at full
     resolution is lower than the ``start``'s by more than the sampling noise."""
     stage = scorer.stages[-1]
-    samples = max(_CHECK_MIN_SAMPLES, _CHECK_FACTOR * max(stage["samples"]))
-    before, after = [], []
-    for index in range(_CHECK_SETS):
-        fresh = seed + 104729 * (index + 1)  # never one of the optimisation's seeds
-        before.append(scorer.cost(start, samples=samples, seed=fresh))
-        after.append(scorer.cost(result, samples=samples, seed=fresh))
-    record: dict[str, Any] = {"metric": stage["metric"], "samples": samples, "sets": _CHECK_SETS}
+    sets = scorer.check_sets(_CHECK_FACTOR * max(stage["samples"]), seed + 104729)
+    moving = scorer.pyramids[1].image
+    before = [scorer.cost(start, grid, moving) for grid in sets]
+    after = [scorer.cost(result, grid, moving) for grid in sets]
+    record: dict[str, Any] = {
+        "metric": stage["metric"],
+        "samples_per_set": int(sets[0].GetNumberOfPixels()),
+        "sets": len(sets),
+    }
     if any(value is None for value in before + after):
         if all(value is not None for value in before) and any(value is None for value in after):
             record.update(

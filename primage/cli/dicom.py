@@ -5,9 +5,10 @@
   ``role`` column to override (any role, or ``skip``).
 * ``assemble``: one pseudonymised case folder per study in the cohort layout
   (``t2w.nii.gz``, ``dwi.nii.gz`` + ``dwi.bval``, ``dce.nii.gz`` + ``dce.times``,
-  ``pet.nii.gz`` in SUVbw, ``case.json``), and ``dicom_assembly.csv`` listing what
-  happened to every series. Series that cannot be assembled correctly are skipped with a
-  warning and exit code 1; everything else is still written.
+  ``pet.nii.gz`` in SUVbw, ``tumour_<image>.nii.gz`` from RT Structure Sets and SEG,
+  ``case.json``), and ``dicom_assembly.csv`` listing what happened to every series.
+  Series that cannot be assembled correctly are skipped with a warning and exit code 1;
+  everything else is still written.
 * ``example``: write the synthetic multi-vendor example cohort (invented patients).
 
 No patient name, ID, birth date or accession number is printed or written.

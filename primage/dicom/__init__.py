@@ -4,10 +4,11 @@
   (rule table ``primage/presets/dicom/roles.json``), checks; never raises on bad files.
 * :func:`write_inventory` / :func:`read_roles` — the editable inventory CSV.
 * :func:`apply_roles`, :func:`assemble` — case folders in the cohort layout (NIfTI,
-  ``dwi.bval``, ``dce.times``, ``case.json``), PET in SUVbw.
+  ``dwi.bval``, ``dce.times``, ``case.json`` with frame-of-reference tokens), PET in SUVbw,
+  tumour masks from RT Structure Sets and SEG (:mod:`primage.dicom.masks`).
 * :func:`pseudonymiser` — case names from a map or a keyed hash with the user's secret.
 
-Imports numpy, SimpleITK, pydicom and the standard library only.
+Imports numpy, SimpleITK, pydicom and the standard library (highdicom when a SEG is read).
 """
 
 from primage.dicom.assemble import AssemblyResult, apply_roles, assemble, plan_images

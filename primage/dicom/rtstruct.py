@@ -6,7 +6,7 @@ it reproduces voxel for voxel):
 1. Every contour point (LPS, mm) goes to continuous voxel indices of the target grid,
    ``(i, j, k) = diag(1/spacing) · directionᵀ · (p - origin)``.
 2. A CLOSED_PLANAR contour belongs to the slice ``round(k)``; its points must lie within
-   a tenth of a slice of one plane parallel to the slices (else the mask is refused: the
+   a quarter of a slice of one plane parallel to the slices (else the mask is refused: the
    contours were drawn on differently oriented slices), and contours off a slice centre
    by more than a quarter of a slice are noted.
 3. In that slice, a voxel centre ``(i, j)`` is inside when a ray from it towards -i
@@ -27,8 +27,9 @@ import pydicom
 
 from primage.dicom.series import Geometry
 
-#: Largest spread of one contour's points across the slice normal (in slices).
-PLANE_TOLERANCE_SLICES = 0.1
+#: Largest spread of one contour's points across the slice normal (in slices): planar
+#: contours drawn on the grid's slices spread only by rounding; tilted ones by far more.
+PLANE_TOLERANCE_SLICES = 0.25
 #: A contour further than this from a slice centre (in slices) is noted.
 OFF_SLICE_NOTE_SLICES = 0.25
 

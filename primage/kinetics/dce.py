@@ -7,17 +7,32 @@ Method, for every voxel at once:
 
 1. Baseline: the mean of the first N frames. N is given, or found automatically as the
    frames up to the bolus arrival of the mean curve of all fitted voxels (the mask).
-2. Bolus arrival time (BAT): the knot of a linear-quadratic model, RE = a before the knot
-   and a + b u + c u^2 after it (u = t - knot), fitted by least squares to the frames up to
-   the voxel's peak, over knots every quarter of the shortest frame interval from the
-   first frame to 60 s after the mean-curve arrival (Cheong et al., Phys Med Biol 2003;48:
-   N83). All knots of all voxels are solved together: the normal equations are matrix
-   products with the knot basis. Voxels whose peak RE is below 5 noise SDs (non-enhancing)
-   take the mean-curve arrival.
-3. iAUC60: the trapezoidal integral of RE from BAT to BAT + 60 s, with linear
-   interpolation at both window ends (NaN when the window passes the last frame). Its
-   standard error propagates the signal noise SD (pooled from the baseline frames of all
-   fitted voxels) through the integral and the baseline, with BAT held fixed.
+2. Bolus arrival time (BAT), from each voxel's RE curve. Onset model, for every frame
+   interval (t_j, t_j+1]: RE = a (the baseline level) on the frames up to t_j and a
+   quadratic q(t) on the frames after it (at least ONSET_FRAMES), fitted by least squares
+   to the frames up to the end of the onset (ONSET_EXTRA_FRAMES after the last frame below
+   ONSET_LEVEL of the rise, before the peak); the interval with the least residual holds
+   the arrival. Inside it BAT is where q(t) = a (a continuous onset); where q(t_j) > a the
+   curve steps up somewhere in the interval, which the frames cannot tell: BAT = t_j +
+   share x (t_j+1 - t_j) / 2, share = (q(t_j) - a) / (q(t_j+1) - a) (a pure step: the
+   middle). Where t_j itself is more than 3 noise SDs above a (a convex start such as a
+   gamma variate), BAT moves back an interval (up to three), to where the line through the
+   first two enhanced frames meets a. The fit is repeated once on a window that ends
+   ONSET_REFINE_S after BAT, where the curve rises by REFINE_SNR noise SDs in it. Under
+   noise, the continuous knot model (a before the knot, a + b u + c u^2 after it, knots
+   every quarter of the shortest frame interval; Cheong et al., Phys Med Biol 2003;48:N83)
+   replaces the step model unless the step lowers the residual by STEP_EVIDENCE noise
+   variances. Arrivals later than 60 s after the mean-curve arrival are not considered;
+   voxels whose peak RE is below 5 noise SDs (non-enhancing) take the mean-curve arrival,
+   which follows the same definition (its noise from its second differences). All voxels
+   are solved at once: prefix / suffix sums over the frames, and matrix products with the
+   knot basis.
+3. iAUC60: the integral of RE from BAT to BAT + 60 s over the piecewise-linear curve
+   through (BAT, onset value) and the frames after BAT, interpolated at BAT + 60 s (NaN
+   when the window passes the last frame); the onset value is a, or the top of the step
+   (with the mean-curve arrival: the curve interpolated at BAT). Its standard error
+   propagates the signal noise SD (pooled from the baseline frames of all fitted voxels)
+   through the integral and the baseline, with BAT and the onset value held fixed.
 4. Time to peak: peak time (the frame of maximum RE at or after BAT) minus BAT; peak
    enhancement: the maximum RE; wash-in: (RE_peak - RE(BAT)) / (t_peak - BAT); wash-out:
    (RE_last - RE_peak) / (t_last - t_peak) (NaN when the peak is the last frame); signal
@@ -238,14 +253,18 @@ def _onset_pass(curves, times, end, latest, noise):
         continuous = np.isfinite(smooth) & (
             smooth_rss - step_rss[noisy] < STEP_EVIDENCE * noise[noisy] ** 2
         )
+        # Its onset value: the baseline level, the mean of the frames up to the knot.
+        frame = np.clip(np.searchsorted(times, smooth, side="right") - 1, 0, times.size - 1)
+        level = np.cumsum(curves[noisy], axis=1) / np.arange(1, times.size + 1)
+        level = level[np.arange(frame.size), frame]
         arrival[noisy] = np.where(continuous, smooth, arrival[noisy])
-        onset[noisy] = np.where(continuous, np.nan, onset[noisy])
+        onset[noisy] = np.where(continuous, level, onset[noisy])
     return arrival, onset
 
 
 def bolus_arrival(curves: np.ndarray, times: np.ndarray, latest=np.inf, noise=0.0):
-    """Bolus arrival (s, (n,)) and onset value (RE; NaN for a continuous onset) of every
-    curve (n, T) of relative enhancement; see the module doc. ``noise``: the noise SD of
+    """Bolus arrival (s, (n,)) and onset value (RE at the arrival) of every curve (n, T) of
+    relative enhancement; see the module doc. ``noise``: the noise SD of
     each curve (RE units; 0 for noise-free curves); ``latest``: the latest arrival
     considered (s). NaN where no interval can be fitted."""
     curves = np.atleast_2d(np.asarray(curves, dtype=float))

@@ -1,5 +1,5 @@
 """Tumour masks in: the RT Structure Set rasteriser (even-odd rule, holes, oblique grids),
-structure sets and DICOM SEG (binary, fractional; written with highdicom from a known
+structure sets and DICOM SEG (binary, fractional, label map; written with highdicom from a known
 mask) assembled as tumour_<image>.nii.gz with the chosen ROIs as labels."""
 
 from __future__ import annotations
@@ -209,9 +209,10 @@ def test_a_bad_tumour_pattern_is_refused_before_anything_is_written(ct_with_cont
 # --- DICOM SEG in ---------------------------------------------------------------------------
 
 
-def _write_seg(path: Path, image_folder: Path, segments: dict[str, np.ndarray], fractional: bool):
-    """A SEG written with highdicom on the series of ``image_folder`` (arrays [k, j, i] in
-    the order of the slices along the normal, as the reference NIfTI)."""
+def _write_seg(path: Path, image_folder: Path, segments: dict[str, np.ndarray], kind: str):
+    """A SEG of ``kind`` (BINARY, FRACTIONAL, LABELMAP) written with highdicom on the series
+    of ``image_folder`` (arrays [k, j, i] in the order of the slices along the normal, as
+    the reference NIfTI; a label map is made from the segments in order, later on top)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -228,10 +229,14 @@ def _write_seg(path: Path, image_folder: Path, segments: dict[str, np.ndarray], 
         for number, label in enumerate(segments, start=1)
     ]
     pixels = np.stack(list(segments.values()), axis=-1)
+    if kind == "LABELMAP":
+        pixels = np.zeros(pixels.shape[:3], np.uint8)
+        for number, array in enumerate(segments.values(), start=1):
+            pixels[array > 0] = number
     seg = hd.seg.Segmentation(
         source_images=sources,
-        pixel_array=pixels.astype(np.float32 if fractional else np.uint8),
-        segmentation_type="FRACTIONAL" if fractional else "BINARY",
+        pixel_array=pixels.astype(np.float32 if kind == "FRACTIONAL" else np.uint8),
+        segmentation_type=kind,
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
         series_number=50,
@@ -247,8 +252,8 @@ def _write_seg(path: Path, image_folder: Path, segments: dict[str, np.ndarray], 
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # the archive's SH / PN values
-@pytest.mark.parametrize("fractional", [False, True], ids=["binary", "fractional"])
-def test_dicom_seg_becomes_the_tumour_mask_it_was_made_from(tmp_path, fractional):
+@pytest.mark.parametrize("kind", ["BINARY", "FRACTIONAL", "LABELMAP"])
+def test_dicom_seg_becomes_the_tumour_mask_it_was_made_from(tmp_path, kind):
     """A SEG made from IBSI's reference PET mask (real PET series) is read back onto the PET
     grid voxel for voxel; a second tumour segment gets label 2, other segments are not used."""
     from scipy import ndimage
@@ -258,17 +263,17 @@ def test_dicom_seg_becomes_the_tumour_mask_it_was_made_from(tmp_path, fractional
     second = np.zeros_like(truth)
     second[2:5, 3:8, 4:9] = True
     body = ndimage.binary_dilation(truth, iterations=2)
-    if fractional:  # the tumour at 0.8 with a 0.3 halo: thresholded at 0.5
+    if kind == "FRACTIONAL":  # the tumour at 0.8 with a 0.3 halo: thresholded at 0.5
         tumour = np.where(truth, 0.8, np.where(body, 0.3, 0.0))
         segments = {"GTV": tumour, "Body": body * 0.9, "Lesion 2": second * 0.6}
+    elif kind == "LABELMAP":  # one label per voxel: the body around the tumour
+        segments = {"Body": body, "GTV": truth, "Lesion 2": second}
     else:
         segments = {"GTV": truth, "Body": body, "Lesion 2": second}
     folder = tmp_path / "in"
     folder.mkdir()
     os.symlink(ibsi_sts_dicom(case) / "PET" / "image", folder / "pet", target_is_directory=True)
-    _write_seg(
-        folder / "seg" / "seg.dcm", ibsi_sts_dicom(case) / "PET" / "image", segments, fractional
-    )
+    _write_seg(folder / "seg" / "seg.dcm", ibsi_sts_dicom(case) / "PET" / "image", segments, kind)
     inventory = tmp_path / "inventory.csv"
     assert main(["dicom", "scan", "-i", str(folder), "-o", str(inventory), "-q"]) == 0
     rows = {r["modality"]: r for r in _rows(inventory) if r["series_uid"]}
@@ -286,8 +291,9 @@ def test_dicom_seg_becomes_the_tumour_mask_it_was_made_from(tmp_path, fractional
     np.testing.assert_array_equal(labels == 1, truth)
     np.testing.assert_array_equal(labels == 2, second)
     entry = json.loads((result / "case.json").read_text())["files"]["tumour_pet.nii.gz"]
-    assert entry["labels"] == {"1": "GTV", "2": "Lesion 2"} and entry["rois_not_used"] == ["Body"]
-    assert entry["seg_type"] == ("FRACTIONAL" if fractional else "BINARY")
+    assert entry["labels"] == {"1": "GTV", "2": "Lesion 2"}
+    assert [n for n in entry["rois_not_used"] if n != "Background"] == ["Body"]
+    assert entry["seg_type"] == kind
     assert entry["source"] == "DICOM SEG" and "notes" not in entry  # same grid, no overlap
     assert entry["voxels"] == {"1": int(truth.sum()), "2": int(second.sum())}
 
@@ -331,7 +337,7 @@ def test_a_seg_without_a_referenced_series_is_matched_by_its_source_images(tmp_p
     images = ibsi_sts_dicom(case) / "PET" / "image"
     os.symlink(images, folder / "pet", target_is_directory=True)
     path = folder / "seg" / "seg.dcm"
-    _write_seg(path, images, {"tumour": truth}, fractional=False)
+    _write_seg(path, images, {"tumour": truth}, "BINARY")
     seg = pydicom.dcmread(path)
     del seg.ReferencedSeriesSequence
     seg.save_as(path)

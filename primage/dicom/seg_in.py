@@ -1,4 +1,4 @@
-"""DICOM Segmentation objects in (binary and fractional), read with highdicom.
+"""DICOM Segmentation objects in (binary, fractional and label map), read with highdicom.
 
 Each selected segment is read as a volume (``Segmentation.get_volume``, fractional values
 scaled to 0-1), placed on the target image grid by physical position (nearest neighbour:

@@ -472,6 +472,21 @@ def test_case_folder_of_the_pipeline(case, tmp_path, capsys):
     code = main(["dicom", "export", "--source", str(folder / "t2w"), "--case", str(tmp_path),
                  "-o", str(out), "--pseudonym", PSEUDONYM])  # fmt: skip
     assert code == 2 and "holds no pipeline results" in capsys.readouterr().err
+    # The pseudonym from a map, as for assemble.
+    mapping = tmp_path / "map.csv"
+    mapping.write_text(f"patient_id,pseudonym\n{IDENTITIES['ge']['PatientID']},GEP0042\n")
+    code = main(
+        ["dicom", "export", "--source", str(folder / "t2w"), "--tumour", str(results / "tumour.nii.gz"),
+         "-o", str(tmp_path / "mapped"), "--pseudonym-map", str(mapping), "-q"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert pydicom.dcmread(tmp_path / "mapped" / "seg_tumour.dcm").PatientID == "GEP0042"
+    mapping.write_text("patient_id,pseudonym\nSOMEONE,GEP0043\n")
+    code = main(
+        ["dicom", "export", "--source", str(folder / "t2w"), "--tumour", str(results / "tumour.nii.gz"),
+         "-o", str(tmp_path / "mapped2"), "--pseudonym-map", str(mapping)]
+    )  # fmt: skip
+    assert code == 2 and "no entry" in capsys.readouterr().err
 
 
 def test_bad_input_is_one_clear_message(case, tmp_path, capsys):
@@ -535,10 +550,16 @@ def test_real_ibsi_sts_ct_mask_and_pet_suv(tmp_path):
     assert seg.FrameOfReferenceUID == ct[0].FrameOfReferenceUID
     pet = sitk.ReadImage(str(ibsi_sts_nifti("STS_003", "PET")))
     pet_mask = sitk.ReadImage(str(ibsi_sts_nifti("STS_003", "PET", "mask")))
+    # The whole case folder (CT, PET, MR and their RT Structure Sets): the PET is the only
+    # series on the results' grid.
     result = export_results(
-        ibsi_sts_dicom("STS_003") / "PET" / "image", tmp_path / "pet", pseudonym="STSX0001",
+        ibsi_sts_dicom("STS_003"), tmp_path / "pet", pseudonym="STSX0001",
         tumour=pet_mask, maps={"suv": pet},
     )  # fmt: skip
+    pet_series = _source_headers(ibsi_sts_dicom("STS_003") / "PET" / "image")[0].SeriesInstanceUID
+    for obj in result.objects[:2]:
+        ds = pydicom.dcmread(obj.path, stop_before_pixels=True)
+        assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == pet_series
     files = {o.name: o.path for o in result.objects}
     values, _ = values_on_grid(pm_values(files["suv"]), pet, fill=np.nan)
     assert np.array_equal(values, sitk.GetArrayFromImage(pet).astype(np.float32))

@@ -113,20 +113,15 @@ def _names(values: list[str]) -> dict[int, str]:
     return names
 
 
-def _pseudonym(args: argparse.Namespace) -> str:
+def _pseudonym(args: argparse.Namespace):
+    """The pseudonym, or the pseudonymiser of --pseudonym-map / --secret-file."""
     if args.pseudonym is not None:
         if args.pseudonym_map or args.secret_file:
             raise PrimageInputError("give --pseudonym or --pseudonym-map / --secret-file, not both")
         return args.pseudonym
-    from primage.dicom.export import read_source_series
     from primage.dicom.pseudonym import pseudonymiser
 
-    pseudonymise = pseudonymiser(args.pseudonym_map, args.secret_file)
-    source = read_source_series(args.source, series_uid=args.series_uid)
-    pseudonym = pseudonymise(str(source.datasets[0].get("PatientID") or ""))
-    if pseudonym is None:
-        raise PrimageInputError("the pseudonym map has no entry for the source series' patient")
-    return pseudonym
+    return pseudonymiser(args.pseudonym_map, args.secret_file)
 
 
 def run_export(args: argparse.Namespace) -> int:

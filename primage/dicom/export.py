@@ -27,7 +27,7 @@ import io
 import re
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -332,8 +332,37 @@ def _identity_strings(datasets) -> list[str]:
     return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
 
 
-def read_source_series(folder: str | Path, *, series_uid: str | None = None) -> SourceSeries:
-    """Headers and voxel grid of the image series in ``folder`` (one series, or ``series_uid``).
+def _series_grid(series) -> sitk.Image:
+    """An empty UInt8 image on the voxel grid of a :class:`primage.dicom.series.Series`."""
+    from primage.dicom.series import (
+        LayoutProblem,
+        check_slice_steps,
+        cluster_positions,
+        stack_geometry,
+    )
+
+    if series.problems:
+        raise PrimageInputError(f"the source series cannot be used: {series.problems[0]}")
+    try:
+        positions = cluster_positions(series.frames)
+        check = check_slice_steps(positions.distances, series.frames[0].slice_thickness)
+        if not check.ok or check.spacing is None:
+            raise LayoutProblem(check.message)
+        geometry = stack_geometry([group[0] for group in positions.members], check.spacing)
+    except LayoutProblem as problem:
+        raise PrimageInputError(f"the source series has no regular voxel grid: {problem}") from None
+    reference = sitk.Image([int(v) for v in geometry.size], sitk.sitkUInt8)
+    reference.SetOrigin(geometry.origin)
+    reference.SetSpacing(geometry.spacing)
+    reference.SetDirection(geometry.direction)
+    return reference
+
+
+def read_source_series(
+    folder: str | Path, *, series_uid: str | None = None, match: sitk.Image | None = None
+) -> SourceSeries:
+    """Headers and voxel grid of the image series in ``folder``: the only one, ``series_uid``,
+    or the only one whose voxel grid is ``match``'s (a result image).
 
     The grid is the one ``primage dicom assemble`` writes: origin at the first slice along
     the slice normal, directions (row, column, normal), spacing in mm.
@@ -343,24 +372,22 @@ def read_source_series(folder: str | Path, *, series_uid: str | None = None) -> 
     folder = Path(folder)
     if not folder.is_dir():
         raise PrimageInputError(f"source series folder does not exist: {folder}")
-    return read_source_files(find_files(folder), series_uid=series_uid, where=folder)
+    return read_source_files(find_files(folder), series_uid=series_uid, match=match, where=folder)
 
 
 def read_source_files(
-    paths: Sequence[str | Path], *, series_uid: str | None = None, where: Path | None = None
+    paths: Sequence[str | Path],
+    *,
+    series_uid: str | None = None,
+    match: sitk.Image | None = None,
+    where: Path | None = None,
 ) -> SourceSeries:
     """:func:`read_source_series` from a list of files (in Slicer:
     ``slicer.dicomDatabase.filesForSeries(uid)``)."""
     import pydicom
 
     from primage.dicom.headers import DicomFileProblem, read_header
-    from primage.dicom.series import (
-        LayoutProblem,
-        check_slice_steps,
-        cluster_positions,
-        group_series,
-        stack_geometry,
-    )
+    from primage.dicom.series import group_series
 
     paths = [Path(p) for p in paths]
     folder = where or (paths[0].parent if paths else Path("."))
@@ -379,26 +406,32 @@ def read_source_files(
             raise PrimageInputError(f"series {series_uid} is not in {folder}")
     if not groups:
         raise PrimageInputError(f"no DICOM image series found in {folder}")
+    if len(groups) > 1 and match is not None:
+        fitting = []
+        for candidate in groups:
+            try:
+                grid = _series_grid(candidate)
+            except PrimageInputError:
+                continue
+            if _same_grid(match, grid):
+                fitting.append(candidate)
+        if len(fitting) == 1:
+            groups = fitting
+        elif not fitting:
+            raise PrimageInputError(
+                f"none of the {len(groups)} image series in {folder} has the voxel grid of the "
+                "results; give the series they were computed on"
+            )
+        else:
+            groups = fitting
     if len(groups) > 1:
         raise PrimageInputError(
-            f"{folder} holds {len(groups)} image series; give the one the results were computed "
-            "on (--series-uid)"
+            f"{folder} holds {len(groups)} image series"
+            + (" on the results' grid" if match is not None else "")
+            + "; give the one the results were computed on (--series-uid)"
         )
     series = groups[0]
-    if series.problems:
-        raise PrimageInputError(f"the source series cannot be used: {series.problems[0]}")
-    try:
-        positions = cluster_positions(series.frames)
-        check = check_slice_steps(positions.distances, series.frames[0].slice_thickness)
-        if not check.ok or check.spacing is None:
-            raise LayoutProblem(check.message)
-        geometry = stack_geometry([group[0] for group in positions.members], check.spacing)
-    except LayoutProblem as problem:
-        raise PrimageInputError(f"the source series has no regular voxel grid: {problem}") from None
-    reference = sitk.Image([int(v) for v in geometry.size], sitk.sitkUInt8)
-    reference.SetOrigin(geometry.origin)
-    reference.SetSpacing(geometry.spacing)
-    reference.SetDirection(geometry.direction)
+    reference = _series_grid(series)
     multi = [h for h in series.headers if h.multi_frame]
     if multi and len(series.headers) > 1:
         raise PrimageInputError(
@@ -429,18 +462,11 @@ def _index_matrix(image: sitk.Image) -> np.ndarray:
     return np.asarray(image.GetDirection(), float).reshape(3, 3) @ np.diag(image.GetSpacing())
 
 
-def onto_series_grid(
-    image: sitk.Image, reference: sitk.Image, *, role: str, subgrid: bool = False
-) -> sitk.Image:
-    """``image`` on ``reference``'s grid, re-indexed without interpolation.
-
-    Accepts an image whose voxel centres are the reference's voxel centres (within
-    :data:`GRID_TOLERANCE` of a voxel), whatever its index order (axes swapped or flipped);
-    with ``subgrid`` also a part of that grid (voxels outside it become 0). Anything else
-    is a user error: results must be on the series grid.
-    """
+def _same_grid(image: sitk.Image, reference: sitk.Image, *, subgrid: bool = False) -> bool:
+    """Whether every voxel centre of ``image`` is a voxel centre of ``reference`` (all of them
+    unless ``subgrid``), within :data:`GRID_TOLERANCE` of a voxel, in any index order."""
     if image.GetDimension() != 3:
-        raise PrimageInputError(f"{role} must be a 3D image, not {image.GetDimension()}D")
+        return False
     ref_matrix = _index_matrix(reference)
     inverse = np.linalg.inv(ref_matrix)
     relation = inverse @ _index_matrix(image)
@@ -463,6 +489,22 @@ def onto_series_grid(
             and mapped.min() >= 0
             and np.all(mapped.max(axis=1) <= ref_size - 1)
         )
+    return bool(ok)
+
+
+def onto_series_grid(
+    image: sitk.Image, reference: sitk.Image, *, role: str, subgrid: bool = False
+) -> sitk.Image:
+    """``image`` on ``reference``'s grid, re-indexed without interpolation.
+
+    Accepts an image whose voxel centres are the reference's voxel centres (within
+    :data:`GRID_TOLERANCE` of a voxel), whatever its index order (axes swapped or flipped);
+    with ``subgrid`` also a part of that grid (voxels outside it become 0). Anything else
+    is a user error: results must be on the series grid.
+    """
+    if image.GetDimension() != 3:
+        raise PrimageInputError(f"{role} must be a 3D image, not {image.GetDimension()}D")
+    ok = _same_grid(image, reference, subgrid=subgrid)
     if not ok:
         raise PrimageInputError(
             f"{role} is not on the source series' voxel grid (size {tuple(image.GetSize())} vs "
@@ -1130,7 +1172,7 @@ def export_results(
     source_folder: str | Path,
     output_folder: str | Path,
     *,
-    pseudonym: str,
+    pseudonym: str | Callable[[str], str | None],
     series_uid: str | None = None,
     tumour: str | Path | sitk.Image | None = None,
     tumour_names: Mapping[int, str] | None = None,
@@ -1145,7 +1187,9 @@ def export_results(
     ``maps`` maps a name of :data:`MAPS` to a NIfTI path or image; ``habitats`` are FCF
     habitat label images (``fcf_adc_habitats.nii.gz``, with ``fcf_adc.json`` beside it for
     the habitat values); ``features`` radiomics CSV tables. Every input must be on the
-    source series' grid. The SR (tumour volume, ROI mean/median/SD of each map, habitat
+    source series' grid; the source is the folder's only series, ``series_uid``, or the only
+    one on the results' grid. ``pseudonym`` is the pseudonym or a function of the source's
+    PatientID (a :class:`primage.dicom.pseudonym.Pseudonymiser`). The SR (tumour volume, ROI mean/median/SD of each map, habitat
     values, features) is written when a tumour is given. With ``verify`` each object is read
     back and its voxels compared with the input (figures in ``dicom_export.json``);
     ``deflate`` writes the lossless deflated transfer syntax (see :func:`encode`).
@@ -1159,7 +1203,14 @@ def export_results(
         raise PrimageInputError("nothing to export: give a tumour mask, habitats or maps")
     if features and tumour is None:
         raise PrimageInputError("radiomic features need the tumour mask they were measured in")
-    source = read_source_series(source_folder, series_uid=series_uid)
+    first = tumour if tumour is not None else (next(iter(maps.values()), None) or habitats[0])
+    # Only used to pick the series when the folder holds several.
+    match = _as_image(first, "result image") if series_uid is None else None
+    source = read_source_series(source_folder, series_uid=series_uid, match=match)
+    if callable(pseudonym):
+        pseudonym = pseudonym(str(source.datasets[0].get("PatientID") or ""))
+        if pseudonym is None:
+            raise PrimageInputError("the pseudonym map has no entry for the source series' patient")
     pseudonym = check_pseudonym(pseudonym, source)
     output = Path(output_folder)
     if (

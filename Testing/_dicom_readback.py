@@ -69,3 +69,37 @@ def pm_values(path: Path) -> sitk.Image:
     image.SetSpacing((column_spacing, row_spacing, float(np.median(steps)) if steps.size else 1.0))
     image.SetDirection(np.column_stack([orientation[:3], orientation[3:], normal]).ravel().tolist())
     return image
+
+
+def seg_masks_pydicom(path: Path, grid: sitk.Image) -> dict[int, np.ndarray]:
+    """SEG frames decoded by pydicom alone (no highdicom), each pixel placed on ``grid`` by
+    its physical point: segment number -> boolean array (numpy z, y, x). Asserts every pixel
+    centre is a voxel centre of ``grid``."""
+    ds = pydicom.dcmread(path)
+    assert ds.BitsAllocated == 1 and ds.SegmentationType == "BINARY"
+    frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), ds.Rows, ds.Columns)
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    orientation = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    row_spacing, column_spacing = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    j, i = np.meshgrid(np.arange(ds.Rows), np.arange(ds.Columns), indexing="ij")
+    size = np.array(grid.GetSize())
+    masks: dict[int, np.ndarray] = {}
+    for frame, item in zip(frames, ds.PerFrameFunctionalGroupsSequence, strict=True):
+        # Per frame, or shared by all frames (one segment).
+        identification = item.get("SegmentIdentificationSequence") or shared.get(
+            "SegmentIdentificationSequence"
+        )
+        number = int(identification[0].ReferencedSegmentNumber)
+        position = np.array([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
+        points = (
+            position[:, None]
+            + np.outer(orientation[:3], i.ravel() * column_spacing)
+            + np.outer(orientation[3:], j.ravel() * row_spacing)
+        )
+        continuous = _physical_to_index(grid, points)
+        nearest = np.round(continuous).astype(int)
+        assert np.max(np.abs(continuous - nearest)) < 1e-3, "SEG pixel off the grid"
+        assert np.all(nearest >= 0) and np.all(nearest < size[:, None]), "SEG pixel outside"
+        mask = masks.setdefault(number, np.zeros(tuple(size[::-1]), bool))
+        mask[nearest[2], nearest[1], nearest[0]] |= frame.ravel().astype(bool)
+    return masks

@@ -20,7 +20,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from _dicom_data import MR_T2, identifying_strings, leaks
-from _dicom_readback import pm_values, seg_labels, values_on_grid
+from _dicom_readback import pm_values, seg_labels, seg_masks_pydicom, values_on_grid
 from _shared_data import ibsi_sts_dicom, ibsi_sts_nifti
 
 from primage.cli import main
@@ -139,6 +139,10 @@ def test_seg_voxels_and_geometry_equal_the_nifti(case, exported):
     assert np.array_equal(labels, sitk.GetArrayFromImage(nifti))
     assert distance < 1e-3
     assert [s.segment_label for s in segments] == ["tumour"]
+    # The same voxels decoded by pydicom alone (bit-packed frames placed by position).
+    masks = seg_masks_pydicom(files["tumour"], nifti)
+    assert list(masks) == [1]
+    assert np.array_equal(masks[1], sitk.GetArrayFromImage(nifti) > 0)
     assert segments[0].segmented_property_type.value == "108369006"  # SCT Tumor
     assert segments[0].segmented_property_category.value == "49755003"
     seg = pydicom.dcmread(files["tumour"])
@@ -175,6 +179,9 @@ def test_habitat_seg_keeps_one_segment_per_habitat(case, exported):
     read, segments = seg_labels(files["fcf_adc_habitats"])
     labels, _ = values_on_grid(read, nifti)
     assert np.array_equal(labels, sitk.GetArrayFromImage(nifti))
+    masks = seg_masks_pydicom(files["fcf_adc_habitats"], nifti)
+    for number in (1, 2, 3):
+        assert np.array_equal(masks[number], sitk.GetArrayFromImage(nifti) == number)
     table = json.loads((folder / "results" / "fcf_adc.json").read_text())
     assert len(segments) == 3
     for description, habitat in zip(segments, table["habitats"], strict=True):
@@ -544,6 +551,9 @@ def test_real_ibsi_sts_ct_mask_and_pet_suv(tmp_path):
     labels, distance = values_on_grid(seg_labels(files["tumour"])[0], ct_mask)
     assert np.array_equal(labels, sitk.GetArrayFromImage(ct_mask))
     assert distance < 1e-3
+    assert np.array_equal(
+        seg_masks_pydicom(files["tumour"], ct_mask)[1], sitk.GetArrayFromImage(ct_mask) > 0
+    )
     ct = _source_headers(ibsi_sts_dicom("STS_003") / "CT" / "image")
     seg = pydicom.dcmread(files["tumour"], stop_before_pixels=True)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct[0].SeriesInstanceUID

@@ -237,6 +237,16 @@ def test_structured_report_values(case, exported):
     assert measured[("113041", "Median")][0] == pytest.approx(np.median(values), rel=1e-12)
     assert measured[("113041", "Median")][1] == "mm2/s"
     assert measured[("126312", "Mean")][1] == "/min"
+    # Each map value names the Parametric Map it was measured on.
+    pm_uid = pydicom.dcmread(files["adc"], stop_before_pixels=True).SOPInstanceUID
+    adc_mean = next(
+        m
+        for m in tumour_group.get_measurements()
+        if m.name.value == "113041" and m.derivation.meaning == "Mean"
+    )
+    source = adc_mean.referenced_images[0].ReferencedSOPSequence[0]
+    assert source.ReferencedSOPInstanceUID == pm_uid
+    assert source.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.30"
     # Habitats: one group each, value from fcf_adc.json, volume from the habitat image.
     habitats = sitk.GetArrayFromImage(sitk.ReadImage(str(results / "fcf_adc_habitats.nii.gz")))
     table = json.loads((results / "fcf_adc.json").read_text())["habitats"]

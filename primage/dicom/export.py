@@ -45,6 +45,7 @@ PRIVATE_SCHEME = "99PRIMAGE"
 PYRADIOMICS_SCHEME = "99PYRAD"
 #: Series numbers of the objects written by :func:`export_results`.
 SERIES_NUMBERS = {"seg": 9100, "pm": 9200, "sr": 9300}
+PARAMETRIC_MAP_STORAGE = "1.2.840.10008.5.1.4.1.1.30"
 #: Largest deviation of a result grid from the series grid (fraction of a voxel).
 GRID_TOLERANCE = 0.01
 
@@ -879,9 +880,11 @@ def measurement_report_dataset(
                 value=float(m.value),
                 unit=unit_code(m.unit),
                 derivation=m.derivation,
-                referenced_real_world_value_map=None
+                # The value was measured on this Parametric Map (TID 300 "Source of
+                # Measurement"); an RWV-map reference would name the wrong SOP class.
+                referenced_images=None
                 if m.map_uid is None
-                else hd.sr.RealWorldValueMap(referenced_sop_instance_uid=m.map_uid),
+                else [hd.sr.SourceImageForMeasurement(PARAMETRIC_MAP_STORAGE, m.map_uid)],
             )
             for m in group.measurements
             if np.isfinite(m.value)

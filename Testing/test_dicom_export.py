@@ -433,6 +433,7 @@ def test_cli_exports_and_prints_no_identity(case, tmp_path):
     run = _cli(
         "--source", str(folder / "t2w"), "-o", str(tmp_path / "out"),
         "--tumour", str(results / "tumour.nii.gz"), "--segment-name", "1=GTV",
+        "--tumour-algorithm", "MANUAL",
         "--map", str(results / "adc.nii.gz"), "--map", f"ve={results / 'ktrans.nii.gz'}",
         "--pseudonym", PSEUDONYM,
     )  # fmt: skip
@@ -441,6 +442,7 @@ def test_cli_exports_and_prints_no_identity(case, tmp_path):
     assert leaks(sorted((tmp_path / "out").iterdir()), run.stdout + run.stderr) == []
     _, segments = seg_labels(tmp_path / "out" / "seg_tumour.dcm")
     assert segments[0].segment_label == "GTV"
+    assert segments[0].algorithm_type.value == "MANUAL"
     ve = pydicom.dcmread(tmp_path / "out" / "pm_ve.dcm", stop_before_pixels=True)
     unit = ve.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
     assert unit.MeasurementUnitsCodeSequence[0].CodeValue == "{ratio}"

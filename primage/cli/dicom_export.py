@@ -50,6 +50,12 @@ def add_export_action(actions) -> None:
         help="name of a tumour label (default 'tumour'; repeatable)",
     )
     export.add_argument(
+        "--tumour-algorithm",
+        choices=["MANUAL", "SEMIAUTOMATIC", "AUTOMATIC"],
+        default="SEMIAUTOMATIC",
+        help="how the tumour was drawn (SEG algorithm type; default SEMIAUTOMATIC)",
+    )
+    export.add_argument(
         "--habitats",
         action="append",
         default=[],
@@ -145,6 +151,7 @@ def run_export(args: argparse.Namespace) -> int:
         series_uid=args.series_uid,
         tumour=args.tumour or found["tumour"],
         tumour_names=names,
+        tumour_algorithm=args.tumour_algorithm,
         habitats=[*found["habitats"], *args.habitats],
         maps=maps,
         features=[*found["features"], *args.features],

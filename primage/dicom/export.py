@@ -1179,6 +1179,7 @@ def export_results(
     series_uid: str | None = None,
     tumour: str | Path | sitk.Image | None = None,
     tumour_names: Mapping[int, str] | None = None,
+    tumour_algorithm: str = "SEMIAUTOMATIC",
     habitats: Sequence[str | Path] = (),
     maps: Mapping[str, str | Path | sitk.Image] | None = None,
     features: Sequence[str | Path] = (),
@@ -1187,7 +1188,8 @@ def export_results(
 ) -> ExportResult:
     """Write SEG (tumour, each habitat image), Parametric Maps and the SR into ``output_folder``.
 
-    ``maps`` maps a name of :data:`MAPS` to a NIfTI path or image; ``habitats`` are FCF
+    ``maps`` maps a name of :data:`MAPS` to a NIfTI path or image; ``tumour_algorithm`` says
+    how the tumour was drawn (DICOM SEG algorithm type); ``habitats`` are FCF
     habitat label images (``fcf_adc_habitats.nii.gz``, with ``fcf_adc.json`` beside it for
     the habitat values); ``features`` radiomics CSV tables. Every input must be on the
     source series' grid; the source is the folder's only series, ``series_uid``, or the only
@@ -1263,7 +1265,11 @@ def export_results(
     if tumour is not None:
         image = onto_series_grid(_as_image(tumour, "tumour mask"), reference, role="tumour mask")
         tumour_array = sitk.GetArrayFromImage(image)
-        tumour_segments = _label_segments(tumour_array, tumour_names, "tumour", "SEMIAUTOMATIC")
+        if tumour_algorithm not in ("MANUAL", "SEMIAUTOMATIC", "AUTOMATIC"):
+            raise PrimageInputError(
+                f"tumour algorithm must be MANUAL, SEMIAUTOMATIC or AUTOMATIC, not {tumour_algorithm!r}"
+            )
+        tumour_segments = _label_segments(tumour_array, tumour_names, "tumour", tumour_algorithm)
         expected = np.zeros(tumour_array.shape, np.float64)
         for number, segment in enumerate(tumour_segments, start=1):
             expected[tumour_array == segment.label] = number

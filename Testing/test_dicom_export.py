@@ -231,6 +231,8 @@ def test_structured_report_values(case, exported):
         measured[(m.name.value, derivation)] = (m.value, m.unit.value)
     voxel_volume = float(np.prod(tumour.GetSpacing()))
     assert measured[("118565006", None)] == (pytest.approx(inside.sum() * voxel_volume), "mm3")
+    volume = next(m for m in tumour_group.get_measurements() if m.name.value == "118565006")
+    assert volume.method.value == "126030"  # Sum of segmented voxel method for volume
     values = adc[inside].astype(float)
     values = values[values != 0]
     assert measured[("113041", "Mean")][0] == pytest.approx(values.mean(), rel=1e-12)

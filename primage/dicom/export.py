@@ -833,6 +833,7 @@ class Measurement:
     unit: str
     derivation: object | None = None  # e.g. SCT Mean / Median
     map_uid: str | None = None  # SOP instance UID of the Parametric Map it was measured on
+    method: object | None = None  # e.g. DCM "Sum of segmented voxel method for volume"
 
 
 @dataclass
@@ -880,6 +881,7 @@ def measurement_report_dataset(
                 value=float(m.value),
                 unit=unit_code(m.unit),
                 derivation=m.derivation,
+                method=m.method,
                 # The value was measured on this Parametric Map (TID 300 "Source of
                 # Measurement"); an RWV-map reference would name the wrong SOP class.
                 referenced_images=None
@@ -1090,7 +1092,12 @@ def _roi_measurements(
 def _volume_measurement(voxels: int, reference: sitk.Image) -> Measurement:
     from pydicom.sr.codedict import codes
 
-    return Measurement(codes.SCT.Volume, voxels * float(np.prod(reference.GetSpacing())), "mm3")
+    return Measurement(
+        codes.SCT.Volume,
+        voxels * float(np.prod(reference.GetSpacing())),
+        "mm3",
+        method=codes.DCM.SumOfSegmentedVoxelMethodForVolume,
+    )
 
 
 def _habitat_table(path: Path) -> dict | None:

@@ -15,18 +15,19 @@ Method, for every voxel at once:
    the arrival. Inside it BAT is where q(t) = a (a continuous onset); where q(t_j) > a the
    curve steps up somewhere in the interval, which the frames cannot tell: BAT = t_j +
    share x (t_j+1 - t_j) / 2, share = (q(t_j) - a) / (q(t_j+1) - a) (a pure step: the
-   middle). Where t_j itself is more than 3 noise SDs above a (a convex start such as a
-   gamma variate), BAT moves back an interval (up to three), to where the line through the
-   first two enhanced frames meets a. The fit is repeated once on a window that ends
-   ONSET_REFINE_S after BAT, where the curve rises by REFINE_SNR noise SDs in it. Under
-   noise, the continuous knot model (a before the knot, a + b u + c u^2 after it, knots
-   every quarter of the shortest frame interval; Cheong et al., Phys Med Biol 2003;48:N83)
-   replaces the step model unless the step lowers the residual by STEP_EVIDENCE noise
-   variances. Arrivals later than 60 s after the mean-curve arrival are not considered;
-   voxels whose peak RE is below 5 noise SDs (non-enhancing) take the mean-curve arrival,
-   which follows the same definition (its noise from its second differences). All voxels
-   are solved at once: prefix / suffix sums over the frames, and matrix products with the
-   knot basis.
+   middle). Where t_j itself is above a by more than 3 noise SDs and CONVEX_FRACTION of
+   the rise (a convex start such as a gamma variate), BAT moves back an interval (up to
+   three), to where the line through the first two enhanced frames meets a. The fit is
+   repeated once on a window that ends ONSET_REFINE_S after BAT, where the curve rises by
+   REFINE_SNR noise SDs in it. Under noise, the continuous knot model (a before the knot,
+   a + b u + c u^2 after it, knots every quarter of the shortest frame interval; Cheong et
+   al., Phys Med Biol 2003;48:N83) replaces the step model unless the step lowers the
+   residual by STEP_EVIDENCE noise variances or the knot lies after a clearly enhanced
+   frame (the test above). Arrivals later than 60 s after the mean-curve arrival are not
+   considered; voxels whose peak RE is below 5 noise SDs (non-enhancing) take the
+   mean-curve arrival, which follows the same definition (its noise from
+   ``curve_noise``). All voxels are solved at once: prefix / suffix sums over the frames,
+   and matrix products with the knot basis.
 3. iAUC60: the integral of RE from BAT to BAT + 60 s over the piecewise-linear curve
    through (BAT, onset value) and the frames after BAT, interpolated at BAT + 60 s (NaN
    when the window passes the last frame); the onset value is a, or the top of the step
@@ -83,6 +84,9 @@ ONSET_LEVEL = 0.5
 ONSET_EXTRA_FRAMES = 1
 #: Refinement: the onset window ends this long (s) after the first arrival.
 ONSET_REFINE_S = 10.0
+#: A frame above the baseline by this fraction of the rise is enhanced (convex starts);
+#: below it, the smooth tails of a noise-free curve (e.g. a Parker AIF) count as baseline.
+CONVEX_FRACTION = 0.01
 #: Rise (noise SDs) over the refinement window needed to refine.
 REFINE_SNR = 20.0
 #: Residual reduction (in noise variances) that a step must bring to be kept.
@@ -221,7 +225,8 @@ def fit_onset(curves: np.ndarray, times: np.ndarray, end: np.ndarray, latest, no
     # interval before it (up to three times): where the line through the first two
     # enhanced frames meets the baseline level of the frames before them.
     noise = np.broadcast_to(np.asarray(noise, dtype=float), (n,))
-    tolerance = np.maximum(3.0 * np.nan_to_num(noise), 1e-9 * np.max(np.abs(y), axis=1))
+    rise = np.max(y, axis=1) - level[rows, best]
+    tolerance = np.maximum(3.0 * np.nan_to_num(noise), CONVEX_FRACTION * rise)
     opening, moved = best.copy(), np.zeros(n, dtype=bool)
     for _ in range(3):
         early = (y[rows, opening] - level[rows, opening] > tolerance) & (opening >= 1)
@@ -250,13 +255,21 @@ def _onset_pass(curves, times, end, latest, noise):
         last = min(last, float(times[np.max(end[noisy])]))  # no knot beyond every window
         window = np.arange(times.size)[None, :] <= end[noisy, None]
         smooth, smooth_rss = fit_arrival(curves[noisy], times, knot_grid(times, last), window)
-        continuous = np.isfinite(smooth) & (
-            smooth_rss - step_rss[noisy] < STEP_EVIDENCE * noise[noisy] ** 2
-        )
         # Its onset value: the baseline level, the mean of the frames up to the knot.
+        subset = curves[noisy]
         frame = np.clip(np.searchsorted(times, smooth, side="right") - 1, 0, times.size - 1)
-        level = np.cumsum(curves[noisy], axis=1) / np.arange(1, times.size + 1)
+        level = np.cumsum(subset, axis=1) / np.arange(1, times.size + 1)
         level = level[np.arange(frame.size), frame]
+        # A knot after a frame that is clearly enhanced (as in fit_onset) does not describe
+        # the onset, however the residuals compare.
+        rise = np.max(np.where(window, subset, -np.inf), axis=1) - level
+        tolerance = np.maximum(3.0 * noise[noisy], CONVEX_FRACTION * rise)
+        late = subset[np.arange(frame.size), frame] - level > tolerance
+        continuous = (
+            np.isfinite(smooth)
+            & ~late
+            & (smooth_rss - step_rss[noisy] < STEP_EVIDENCE * noise[noisy] ** 2)
+        )
         arrival[noisy] = np.where(continuous, smooth, arrival[noisy])
         onset[noisy] = np.where(continuous, level, onset[noisy])
     return arrival, onset
@@ -271,6 +284,10 @@ def bolus_arrival(curves: np.ndarray, times: np.ndarray, latest=np.inf, noise=0.
     times = np.asarray(times, dtype=float)
     latest = np.broadcast_to(np.asarray(latest, dtype=float), curves.shape[:1])
     noise = np.broadcast_to(np.nan_to_num(np.asarray(noise, dtype=float)), curves.shape[:1])
+    # Noise below 0.1 % of the rise is none: exact curves are treated alike, whether their
+    # noise is given as 0 or estimated from rounding-level residues.
+    rise = np.max(curves, axis=1) - curves[:, 0]
+    noise = np.where(noise > 1e-3 * rise, noise, 0.0)
     end = onset_window_end(curves)
     arrival, onset = _onset_pass(curves, times, end, latest, noise)
     # Refine once on a window that ends ONSET_REFINE_S after the arrival: the quadratic
@@ -295,21 +312,25 @@ def bolus_arrival(curves: np.ndarray, times: np.ndarray, latest=np.inf, noise=0.
     return arrival, onset
 
 
-def curve_noise(curves: np.ndarray) -> np.ndarray:
-    """Noise SD (n,) of each curve from its second differences: the median absolute
-    second difference / (0.6745 sqrt 6), which a smooth curve barely raises."""
-    second = np.diff(np.atleast_2d(curves), n=2, axis=1)
-    return np.median(np.abs(second), axis=1) / (0.6745 * math.sqrt(6.0))
+def curve_noise(curve: np.ndarray, times: np.ndarray) -> float:
+    """Noise SD of one RE curve from the second differences of its frames before its
+    noise-free arrival (all frames when fewer than five): median |second difference| /
+    (0.6745 sqrt 6), robust to the odd outlier and barely raised by a smooth trend."""
+    arrival, _ = bolus_arrival(curve[None, :], times)
+    before = curve[times <= arrival[0]] if np.isfinite(arrival[0]) else curve[:0]
+    frames = before if before.size >= 5 else curve
+    return float(np.median(np.abs(np.diff(frames, n=2))) / (0.6745 * math.sqrt(6.0)))
 
 
 def mean_curve_arrival(curve: np.ndarray, times: np.ndarray) -> float:
     """Bolus arrival (s) of one signal curve (e.g. the mean signal of the mask), by the same
-    onset model as the voxels, on the curve relative to its first frame (its noise from
-    ``curve_noise``)."""
+    onset model as the voxels, on the curve relative to its first frame, with its noise SD
+    from ``curve_noise``."""
     curve = np.asarray(curve, dtype=float)
     times = np.asarray(times, dtype=float)
-    relative = (curve / curve[0] - 1.0 if curve[0] > 0 else curve - curve[0])[None, :]
-    arrival, _ = bolus_arrival(relative, times, noise=curve_noise(relative))
+    relative = curve / curve[0] - 1.0 if curve[0] > 0 else curve - curve[0]
+    noise = curve_noise(relative, times)
+    arrival, _ = bolus_arrival(relative[None, :], times, noise=noise)
     return float(arrival[0]) if np.isfinite(arrival[0]) else float(times[0])
 
 

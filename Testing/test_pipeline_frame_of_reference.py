@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from _pipeline_data import write_small_case
+from _pipeline_data import files_containing, write_small_case
 
 from primage.errors import PrimageInputError
 from primage.pipeline import load_config, read_case, run_cohort
@@ -21,7 +21,8 @@ from primage.registration.truth import move_geometry, transform_error
 
 #: The CT's header moved by this (mm, LPS): the known misalignment of the generated case.
 SHIFT_MM = (2.0, -1.5, 0.0)
-REGISTER_ONLY = {"steps": ["register"], "register": {"snapshots": False}}
+#: A frame-of-reference token as a careless hand-made case.json might hold it (a UID).
+TOKEN = "1.2.840.113619.2.55.3.604688119.969.1234567890.123"
 
 
 def _config(**register):
@@ -100,9 +101,10 @@ def test_configuration_of_the_frame_of_reference(tmp_path):
 
 def test_same_frame_is_resampled_only_and_the_setting_reruns_it(tmp_path):
     cohort = tmp_path / "cohort"
-    folder = _shifted_case(cohort / "c1", {"t2w.nii.gz": "A", "ct.nii.gz": "A"})
+    folder = _shifted_case(cohort / "c1", {"t2w.nii.gz": TOKEN, "ct.nii.gz": TOKEN})
     out = tmp_path / "out"
     run_cohort(cohort, _config(), out, workers=0)
+    assert files_containing(out, TOKEN) == []  # the token (maybe a UID) is never copied
     qc = _qc(out)
     # Same frame of reference: trusted as is, although the header was moved.
     assert qc["alignment"] == "resampled"

@@ -88,3 +88,15 @@ def test_exact_data_converge_fully_despite_the_noise_relative_stop():
     assert fit.converged.all()
     np.testing.assert_allclose(fit.params[1], adc, rtol=1e-8)
     np.testing.assert_allclose(fit.params[0], 1.7, rtol=1e-8)
+
+
+def test_a_problem_started_at_its_constrained_minimum_stops_at_once():
+    # Rising data: the optimum is ADC = 0 with the mean as amplitude. Started there, no
+    # step can lower the RSS; the solver must say so, not raise the damping to 1e12.
+    rng = np.random.default_rng(5)
+    data = 0.2 + 0.05 * B[:, None] + np.abs(rng.normal(0, 0.01, (B.size, 100)))
+    start = np.vstack([data.mean(axis=0), np.zeros(100)])
+    fit = levenberg_marquardt(exponential, start, data, [0.0, 0.0], [np.inf, 5.0])
+    assert fit.converged.all()
+    assert fit.iterations <= 2
+    np.testing.assert_allclose(fit.params, start, rtol=1e-9, atol=1e-12)

@@ -166,9 +166,10 @@ def levenberg_marquardt(
     a bound that the step would push outside is held for that step while the others are
     solved for). Damping follows Marquardt (diagonal of J^T J), per problem. A problem
     stops when a step improves its residual sum of squares by less than ``rtol``
-    relative, or moves no parameter by more than ``xtol`` relative or by more than
-    ``setol`` times its standard error (the remaining optimisation error is then far
-    below the noise; exact data still converge fully), or its damping exceeds 1e12.
+    relative (or by less than ``setol``^2 times the residual variance RSS / (M - P)), or
+    moves no parameter by more than ``xtol`` relative or by more than ``setol`` times its
+    standard error (the remaining optimisation error is then far below the noise; exact
+    data, with RSS -> 0, still converge fully), or its damping exceeds 1e12.
 
     The problems still running form a working set that is compacted (copied down) only
     when fewer than 60 % of it are still running, so most iterations work on contiguous
@@ -246,14 +247,22 @@ def levenberg_marquardt(
             np.copyto(residual, trial_residual, where=better)
             np.copyto(jacobian, trial_jacobian, where=better)
             np.copyto(rss, trial_rss, where=better)
-        damping = np.where(better, np.maximum(damping * 0.3, 1e-12), damping * 10.0)
-
-        done = better & ((gain <= rtol * np.maximum(old_rss, 1e-300)) | (moved <= xtol))
+        # A step is "tiny" when it moves no parameter by more than xtol relative or (with
+        # noise) by more than setol standard errors: what is left to gain is far inside
+        # the noise (noise-only voxels otherwise converge slowly).
+        tiny = moved <= xtol
         if dof > 0 and setol > 0:
-            # The step is below setol standard errors of every parameter: what is left to
-            # gain is far inside the noise (noise-only voxels otherwise converge slowly).
-            within = delta <= setol * np.sqrt(variance)
-            done |= better & within.all(axis=0)
+            tiny |= (delta <= setol * np.sqrt(variance)).all(axis=0)
+        done = better & (tiny | (gain <= rtol * np.maximum(old_rss, 1e-300)))
+        if dof > 0 and setol > 0:
+            # Also when a step lowered the RSS by less than setol^2 noise variances (the
+            # fit's chi^2 by 1e-4 in the default): a flat valley, where steps zig-zag
+            # without changing the fit by anything measurable.
+            done |= better & (gain <= setol**2 * old_rss / dof)
+        # A tiny, nearly undamped step that does not lower the RSS: the problem sits at its
+        # (possibly bound-constrained) minimum; stop rather than raise the damping to 1e12.
+        done |= ~better & tiny & (damping <= 1.0)
+        damping = np.where(better, np.maximum(damping * 0.3, 1e-12), damping * 10.0)
         done |= bad_step & ~better
         done |= damping > 1e12
         done |= rss <= 1e-300

@@ -94,6 +94,16 @@ def test_configuration_of_the_frame_of_reference(tmp_path):
         PrimageInputError, match=r"must be one of resample, refine, register.*did you mean 'refine'"
     ):
         load_config(path)
+    path.write_text("register: {same_frame_of_reference: {pet: resample, DWI: refine}}\n")
+    assert load_config(path)["register"]["same_frame_of_reference"] == {
+        "pet": "resample",
+        "dwi": "refine",
+    }
+    path.write_text("register: {same_frame_of_reference: {dwi: registr}}\n")
+    with pytest.raises(
+        PrimageInputError, match=r"same_frame_of_reference.dwi' must be one of.*'register'"
+    ):
+        load_config(path)
     path.write_text("register: {refine_max_mm: -2}\n")
     with pytest.raises(PrimageInputError, match="'register.refine_max_mm' must be a number"):
         load_config(path)
@@ -169,7 +179,7 @@ def test_refinement_kept_only_when_better_and_within_the_bound(tmp_path):
     cohort = tmp_path / "cohort"
     _shifted_case(cohort / "c1", {"t2w.nii.gz": "A", "ct.nii.gz": "A"})
     out = tmp_path / "out"
-    run_cohort(cohort, _config(same_frame_of_reference="refine"), out, workers=0)
+    run_cohort(cohort, _config(same_frame_of_reference={"ct": "refine"}), out, workers=0)
     qc = _qc(out)
     check = qc["registration"]["refinement"]
     assert qc["alignment"] == "refined", qc["alignment_reason"]

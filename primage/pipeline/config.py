@@ -115,7 +115,9 @@ register:
   #             information (dense histogram) and moves the reference tumour (or image)
   #             by at most refine_max_mm on average; otherwise resampled only;
   #   register  register it with its preset like any other series.
-  # Series in another or an unknown frame of reference are always registered.
+  # Series in another or an unknown frame of reference are always registered. Per role
+  # instead, e.g. {dwi: refine, dce: refine} (MR series of one session share a frame of
+  # reference but the patient may move between them); roles not listed: resample.
   same_frame_of_reference: resample
   refine_max_mm: 5.0
   # Volume of a DWI series that is registered: "lowest-b" (the b = 0 image) or "mean".
@@ -313,11 +315,15 @@ def validate_config(data: Any, *, base: str | os.PathLike | None = None) -> dict
             settings_for(register["presets"][role], stages)
         except PrimageInputError as error:
             raise PrimageInputError(f"{_where(name)}: {error}") from None
-    _choice(
-        register["same_frame_of_reference"],
-        SAME_FRAME_MODES,
-        "register.same_frame_of_reference",
-    )
+    same_frame = register["same_frame_of_reference"]
+    if isinstance(same_frame, Mapping):
+        for role, mode in same_frame.items():
+            name = f"register.same_frame_of_reference.{role}"
+            _role(role, name)
+            _choice(mode, SAME_FRAME_MODES, name)
+        register["same_frame_of_reference"] = {str(r).lower(): m for r, m in same_frame.items()}
+    else:
+        _choice(same_frame, SAME_FRAME_MODES, "register.same_frame_of_reference")
     register["refine_max_mm"] = _number(register["refine_max_mm"], "register.refine_max_mm", 0, 100)
     _choice(register["dwi_volume"], ("lowest-b", "mean"), "register.dwi_volume")
     _number(register["dce_baseline_frames"], "register.dce_baseline_frames", 1, 50, integer=True)

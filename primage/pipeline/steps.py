@@ -200,6 +200,8 @@ def alignment_mode(ctx: CaseContext, role: str, preset: str) -> tuple[str, str]:
         return "resample", "registration preset none: resampled only"
     if same:
         mode = ctx.config["register"]["same_frame_of_reference"]
+        if isinstance(mode, dict):  # per role; roles not listed are resampled
+            mode = mode.get(role, "resample")
         why = {
             "resample": f"same frame of reference as {reference}: resampled only",
             "refine": f"same frame of reference as {reference}: rigid refinement",

@@ -57,7 +57,7 @@ def _body(fixed):
 
 
 def test_presets_are_data_files_with_documented_stages():
-    assert list_presets() == ["dce-to-t2", "dwi-to-t2", "mr-ct", "mr-mr", "pet-ct"]
+    assert list_presets() == ["dce-to-t2", "dwi-to-t2", "mr-ct", "mr-ct-rigid", "mr-mr", "pet-ct"]
     for name in list_presets():
         preset = load_preset(name)
         assert preset["source"] == f"builtin:{name}"

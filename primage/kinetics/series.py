@@ -103,10 +103,13 @@ class VoxelSeries:
         """A 3D image on the series grid: ``values`` at the fitted voxels, ``fill`` elsewhere
         and wherever a value is NaN (no fit possible)."""
         values = np.asarray(values, dtype=float)
-        array = np.full(int(np.prod(self.shape)), fill, dtype=float)
+        # Float32 maps are filled as float32 directly: no float64 volume and no Cast copy.
+        dtype = np.float32 if pixel == sitk.sitkFloat32 else float
+        array = np.full(int(np.prod(self.shape)), fill, dtype=dtype)
         array[self.index] = np.where(np.isfinite(values), values, fill)
         image = sitk.GetImageFromArray(array.reshape(self.shape))
-        image = sitk.Cast(image, pixel)
+        if image.GetPixelID() != pixel:
+            image = sitk.Cast(image, pixel)
         image.CopyInformation(self.reference)
         return image
 
@@ -222,8 +225,17 @@ def map_chunks(
     Chunks are independent, so they run in a pool of threads: numpy releases the GIL in
     its array operations, so this uses several cores, and the result does not depend on
     the number of threads. A progress callback that raises (e.g. :class:`KineticsCancelled`)
-    stops the run: chunks not started yet are dropped.
+    stops the run: chunks not started yet are dropped. BLAS runs one thread meanwhile: the
+    chunks' matrix products are small, and OpenBLAS threads spinning against the pool
+    doubled the CPU time of a Tofts fit.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield from _map_chunks(voxels, work, size, progress, label, start, span, workers)
+
+
+def _map_chunks(voxels, work, size, progress, label, start, span, workers):
     workers = default_workers() if workers is None else workers
     bounds = list(voxels.chunks(size))
     total = voxels.voxels

@@ -152,13 +152,15 @@ def _sandwich_se(jacobian: np.ndarray, variance: np.ndarray) -> np.ndarray:
 
 def _loglinear(log_signal: np.ndarray, b: np.ndarray, weights: np.ndarray | None):
     """Closed-form (weighted) fit of log S = ln S0 - b D for every voxel: (ln S0, D, cov)."""
+    # The weighted sums as matrix products against (1, b, b^2): one BLAS call each
+    # instead of a reduction along the short b axis of every voxel (several times faster).
+    powers = np.stack([np.ones_like(b), b, b * b], axis=1)  # (B, 3)
     if weights is None:
-        weights = np.ones_like(log_signal)
-    s = weights.sum(axis=1)
-    sb = (weights * b).sum(axis=1)
-    sbb = (weights * b * b).sum(axis=1)
-    sy = (weights * log_signal).sum(axis=1)
-    sby = (weights * log_signal * b).sum(axis=1)
+        s, sb, sbb = (np.broadcast_to(column, log_signal.shape[:1]) for column in powers.sum(0))
+        sy, sby = (log_signal @ powers[:, :2]).T
+    else:
+        s, sb, sbb = (weights @ powers).T
+        sy, sby = ((weights * log_signal) @ powers[:, :2]).T
     with np.errstate(divide="ignore", invalid="ignore"):
         det = s * sbb - sb * sb
         intercept = (sbb * sy - sb * sby) / det

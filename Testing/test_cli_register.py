@@ -121,6 +121,43 @@ def test_landmarks_in_qc(files, tmp_path):
     assert qc["snapshots"] == {} and not list(tmp_path.glob("*.png"))
 
 
+def test_a_failed_optimisation_writes_the_start_and_says_so(files, tmp_path):
+    # A deliberately bad user preset: 40 mm steps, two iterations, few samples.
+    preset = {
+        "name": "bad",
+        "description": "deliberately bad",
+        "reference": "none",
+        "stages": [
+            {
+                "stage": "rigid",
+                "shrink_factors": [1],
+                "smoothing_sigmas_voxels": [0.0],
+                "samples": [500],
+                "iterations": [2],
+                "rounds": [1],
+                "learning_rate": 40.0,
+                "relaxation": 0.99,
+            }
+        ],
+    }
+    (tmp_path / "bad.json").write_text(json.dumps(preset))
+    args = [
+        "register", "--fixed", str(files["fixed"]), "--moving", str(files["moving"]),
+        "--preset", str(tmp_path / "bad.json"), "--output-transform", str(tmp_path / "t.tfm"),
+        "--qc", str(tmp_path / "qc.json"), "--no-snapshots", "-q",
+    ]  # fmt: skip
+    assert main(args) == 0
+    transform = sitk.ReadTransform(str(tmp_path / "t.tfm"))
+    # The start (the headers' alignment: identity), not the bad optimisation's result.
+    assert transform_error(transform, sitk.Transform(), files["fixed_image"])["max_mm"] < 1e-9
+    qc = json.loads((tmp_path / "qc.json").read_text())
+    assert qc["start_returned"] is True and qc["optimisation"]["kept"] == "start"
+    assert "optimisation not kept" in qc["reason"] and qc["advice"]
+    sidecar = json.loads((tmp_path / "t.json").read_text())
+    assert sidecar["acceptance"]["kept"] == "start"
+    assert sidecar["initialisation"]["candidates"][0]["method"] == "headers"
+
+
 def test_moving_equal_to_fixed_gives_identity(files, tmp_path):
     args = [
         "register", "--fixed", str(files["fixed"]), "--moving", str(files["fixed"]),

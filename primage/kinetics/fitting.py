@@ -190,7 +190,7 @@ def levenberg_marquardt(
     p = final_params.copy()
     y = data
     prediction, jacobian = model(p, work)
-    jacobian = np.array(jacobian, dtype=float)
+    jacobian = np.asarray(jacobian, dtype=float)  # a new array: see Model
     residual = y - prediction
     rss = np.einsum("mn,mn->n", residual, residual)
     damping = np.full(n, 1e-3)

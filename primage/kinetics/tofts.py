@@ -81,6 +81,12 @@ class ExponentialConvolution:
             integrand = cp[:, None] * (s[:, None] / self.scale) ** powers[None, :]
             moments[n] = np.trapezoid(integrand, s, axis=0)
         self.moments = moments
+        # d(local)/d(kep) uses the moments shifted by one power: kept contiguous and scaled
+        # so the derivative is one plain matrix product.
+        self.moments_derivative = np.ascontiguousarray(-self.scale * moments[:, 1:])
+        # Frames are usually evenly spaced: exp(-kep dt) is then computed once per distinct
+        # interval instead of once per frame.
+        self.step_values, self.step_index = np.unique(self.steps, return_inverse=True)
 
     def _coefficients(self, kep: np.ndarray) -> np.ndarray:
         """Taylor coefficients (-kep scale)^p / p!, (P, n)."""
@@ -96,18 +102,20 @@ class ExponentialConvolution:
         kep = np.asarray(kep, dtype=float)
         coefficients = self._coefficients(kep)  # (P, n)
         local = self.moments @ coefficients  # (T, n)
-        decay = np.exp(-np.outer(self.steps, kep))
+        distinct = np.exp(-np.outer(self.step_values, kep))  # one row per distinct interval
+        decay = [distinct[i] for i in self.step_index.ravel()]  # row views, no copy
         conv = np.empty_like(local)
         conv[0] = 0.0
         if derivative:
-            d_local = -self.scale * (self.moments[:, 1:] @ coefficients[:-1])
+            d_local = self.moments_derivative @ coefficients[:-1]
             d_conv = np.empty_like(local)
             d_conv[0] = 0.0
         scratch = np.empty(kep.size)
         for n in range(1, conv.shape[0]):
             # In-place updates: this loop over frames runs for every voxel at once.
             if derivative:
-                np.subtract(d_conv[n - 1], conv[n - 1] * self.steps[n], out=scratch)
+                np.multiply(conv[n - 1], self.steps[n], out=scratch)
+                np.subtract(d_conv[n - 1], scratch, out=scratch)
                 np.multiply(decay[n], scratch, out=d_conv[n])
                 d_conv[n] += d_local[n]
             np.multiply(decay[n], conv[n - 1], out=conv[n])

@@ -2,8 +2,9 @@
 the register step moves the co-registered PET and T1w MR away from the scanner's alignment
 (all three series share one FrameOfReferenceUID, so the right answer is "not at all").
 
-Run: ``.venv/bin/python benchmarks/bench_pipeline_frame_of_reference.py [--old-commit C]``.
-Every configuration uses reference ``ct`` and the default steps preprocess + register:
+Run: ``.venv/bin/python benchmarks/bench_pipeline_frame_of_reference.py [--old-commit C]
+[--no-preprocess]``. Every configuration uses reference ``ct`` and the default steps
+preprocess + register (``--no-preprocess``: register only):
 
 * ``old``: the pipeline of commit C (default f0683ac, before the frame of reference was
   used: every series registered with its preset), unpacked with ``git archive`` into a
@@ -99,7 +100,12 @@ def measure(cases, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old-commit", default="f0683ac")
+    parser.add_argument(
+        "--no-preprocess", action="store_true", help="register step only (as the real-data test)"
+    )
     args = parser.parse_args()
+    if args.no_preprocess:
+        CONFIG["steps"] = ["register"]
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
         cohort = assemble(work)
@@ -115,6 +121,7 @@ def main() -> None:
             results[mode] = (measure(cases, work / mode), seconds)
 
     names = list(results)
+    print(f"steps: {', '.join(CONFIG['steps'])}")
     print("Displacement from the scanner's alignment over the CT tumour, mean / max mm "
           "(QC verdict; what was done; register unit s)")  # fmt: skip
     print(f"{'case':<16}{'series':<7}" + "".join(f"{n:<40}" for n in names))

@@ -186,14 +186,11 @@ def _index_values(ctx: CaseContext, role: str) -> np.ndarray | None:
     return parse_values(path, role="b-values" if role == "dwi" else "frame times")
 
 
-#: How the register step put a series onto the reference grid (``alignment`` in the QC
-#: JSON, the summary, features.csv and the report).
-ALIGNMENTS = ("registered", "resampled", "refined")
-
-
 def alignment_mode(ctx: CaseContext, role: str, preset: str) -> tuple[str, str]:
     """What the register step does with ``role``: ``(mode, why)``, mode one of
-    ``register``, ``resample``, ``refine`` (see ``register.same_frame_of_reference``)."""
+    ``register``, ``resample``, ``refine`` (see ``register.same_frame_of_reference``).
+    The outcome, ``alignment`` in the QC JSON, is ``registered``, ``resampled`` or
+    ``refined`` (a rejected refinement is ``resampled``)."""
     reference = ctx.reference
     same = ctx.case.same_frame_of_reference(role, reference)
     if preset == "none":

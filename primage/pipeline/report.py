@@ -118,7 +118,7 @@ def _registration_cell(qc: dict[str, Any]) -> str:
     text = html.escape(qc.get("verdict") or "")
     if qc.get("alignment"):
         moved = qc.get("displacement_mm")
-        shift = f"; moved {moved:.2f} mm" if isinstance(moved, (int, float)) else ""
+        shift = f"; mean shift {moved:.2f} mm" if isinstance(moved, (int, float)) else ""
         text += (
             f"<br><small>{html.escape(qc['alignment'])}: "
             f"{html.escape(qc.get('alignment_reason') or '')}{shift}</small>"

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import resource
 import sys
+import tempfile
 import time
 import tracemalloc
 import warnings
@@ -37,6 +39,8 @@ from scipy.optimize import curve_fit
 from scipy.signal import lfilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _process import run_measured  # noqa: E402
 
 from primage.kinetics.aif import parker_blood, population_aif  # noqa: E402
 from primage.kinetics.dwi import adc_maps, fit_adc, fit_ivim  # noqa: E402
@@ -50,6 +54,97 @@ HCT = 0.42
 
 def rician(clean, sigma, rng):
     return np.hypot(clean + rng.normal(0, sigma, clean.shape), rng.normal(0, sigma, clean.shape))
+
+
+# --- the peer: one scipy.optimize.curve_fit call (or two) per voxel ------------------------
+
+
+def _mono(b, s0, d):
+    return s0 * np.exp(-b * d)
+
+
+def _bounds(bounded: bool, lower, upper) -> dict:
+    # Without bounds curve_fit runs MINPACK's Levenberg-Marquardt, several times faster
+    # than its bounded trust-region solver: the fastest plain per-voxel loop.
+    return {"bounds": (lower, upper)} if bounded else {}
+
+
+def peer_adc(signal: np.ndarray, b: np.ndarray, bounded: bool = True) -> np.ndarray:
+    """ADC (mm^2/s) per row by curve_fit of S0 exp(-b ADC), started at (S(0), 1e-3), with
+    primage's bounds or none; NaN where curve_fit gives up."""
+    out = np.full(len(signal), np.nan)
+    for i, row in enumerate(signal):
+        try:
+            params, _ = curve_fit(
+                _mono,
+                b,
+                row,
+                p0=(max(row[0], 1.0), 1e-3),
+                **_bounds(bounded, [0, 0], [np.inf, 5e-3]),
+            )
+            out[i] = params[1]
+        except (
+            RuntimeError,
+            ValueError,
+            ArithmeticError,
+        ):  # curve_fit gave up: counted as a failure
+            pass
+    return out
+
+
+def peer_ivim(signal: np.ndarray, b: np.ndarray, threshold: float = 200.0, bounded: bool = True):
+    """Segmented IVIM per row (D, f, D*): curve_fit of b >= threshold, then of (A, D*)."""
+    high = b >= threshold
+    out = np.full((len(signal), 3), np.nan)
+    for i, row in enumerate(signal):
+        try:
+            (s_int, d_i), _ = curve_fit(
+                _mono,
+                b[high],
+                row[high],
+                p0=(max(row[0], 1.0), 1e-3),
+                **_bounds(bounded, [0, 0], [np.inf, 5e-3]),
+            )
+            rest = row - s_int * np.exp(-b * d_i)
+            (a, ds), _ = curve_fit(
+                _mono,
+                b,
+                rest,
+                p0=(max(rest[0], 1.0), 0.02),
+                **_bounds(bounded, [0, 5e-3], [np.inf, 0.1]),
+            )
+            out[i] = d_i, a / (s_int + a), ds
+        except (RuntimeError, ValueError, ArithmeticError):
+            pass
+    return out.T
+
+
+def peer_tofts(conc: np.ndarray, times: np.ndarray, delay_s: float = 20.0, bounded: bool = True):
+    """Standard Tofts per row (Ktrans 1/min, ve) by curve_fit; the model is the exact
+    piecewise-linear recursion as a C filter (scipy.signal.lfilter) on a 0.5 s grid of the
+    Parker plasma curve, sampled at the frames."""
+    fine = np.arange(0.0, times[-1] + 0.25, 0.5)
+    plasma = parker_blood(fine, delay_s) / (1 - HCT)
+    dt = (fine[1] - fine[0]) / 60.0
+
+    def model(_t, k, kep):
+        decay = math.exp(-kep * dt)
+        a = (1 - decay) / kep
+        b = (1 - decay - kep * dt * decay) / kep**2
+        conv = lfilter([a - b / dt, b / dt], [1.0, -decay], plasma)
+        conv -= (a - b / dt) * plasma[0]  # the recursion starts at zero
+        return k * np.interp(times, fine, conv)
+
+    out = np.full((len(conc), 2), np.nan)
+    for i, row in enumerate(conc):
+        try:
+            (k, kep), _ = curve_fit(
+                model, times, row, p0=(0.1, 0.5), **_bounds(bounded, [0, 1e-3], [5, 10])
+            )
+            out[i] = k, k / kep
+        except (RuntimeError, ValueError, ArithmeticError):
+            pass
+    return out.T
 
 
 def timed(function):
@@ -82,20 +177,8 @@ def bench_adc(n, n_loop, rng):
     fit, seconds = timed(lambda: fit_adc(signal, B16))
     sub = np.arange(n_loop)
 
-    def model(b, s0, d):
-        return s0 * np.exp(-b * d)
-
     def loop():
-        out = np.empty(n_loop)
-        for i in sub:
-            try:
-                params, _ = curve_fit(
-                    model, B16, signal[i], p0=(signal[i, 0], 1e-3), bounds=([0, 0], [np.inf, 5e-3])
-                )
-            except RuntimeError:  # curve_fit gave up: counted as a failure
-                params = (np.nan, np.nan)
-            out[i] = params[1]
-        return out
+        return peer_adc(signal[sub], B16)
 
     loop_adc, loop_seconds = timed(loop)
 
@@ -121,34 +204,9 @@ def bench_ivim(n, n_loop, rng):
     )
     signal = rician(clean, 10.0, rng)
     fit, seconds = timed(lambda: fit_ivim(signal, B_IVIM))
-    high = B_IVIM >= 200
-
-    def mono(b, s, k):
-        return s * np.exp(-b * k)
 
     def loop():
-        out = np.empty((n_loop, 3))
-        for i in range(n_loop):
-            try:
-                (s_int, d_i), _ = curve_fit(
-                    mono,
-                    B_IVIM[high],
-                    signal[i, high],
-                    p0=(signal[i, 0], 1e-3),
-                    bounds=([0, 0], [np.inf, 5e-3]),
-                )
-                rest = signal[i] - s_int * np.exp(-B_IVIM * d_i)
-                (a, ds), _ = curve_fit(
-                    mono,
-                    B_IVIM,
-                    rest,
-                    p0=(max(rest[0], 1.0), 0.02),
-                    bounds=([0, 5e-3], [np.inf, 0.1]),
-                )
-            except RuntimeError:  # curve_fit gave up: counted as a failure
-                s_int = d_i = a = ds = np.nan
-            out[i] = d_i, a / (s_int + a), ds
-        return out
+        return np.stack(peer_ivim(signal[:n_loop], B_IVIM), axis=1)
 
     loop_values, loop_seconds = timed(loop)
     sub = slice(0, n_loop)
@@ -179,31 +237,9 @@ def bench_tofts(n, n_loop, rng):
     clean = (ktrans * convolution.evaluate(ktrans / ve)).T
     conc = clean + rng.normal(0, 0.01, clean.shape)
     fit, seconds = timed(lambda: fit_tofts(conc, TIMES, aif))
-    fine = np.arange(0.0, TIMES[-1] + 0.25, 0.5)
-    plasma = parker_blood(fine, 20.0) / (1 - HCT)
-    dt = (fine[1] - fine[0]) / 60.0
-    step = int(round(5.0 / 0.5))
-
-    def model(_t, k, kep):
-        # Exact recursion for a piecewise-linear Cp (as in the synthetic patient), in C.
-        decay = math.exp(-kep * dt)
-        a = (1 - decay) / kep
-        b = (1 - decay - kep * dt * decay) / kep**2
-        conv = lfilter([a - b / dt, b / dt], [1.0, -decay], plasma)
-        conv -= (a - b / dt) * plasma[0]  # the recursion starts at zero
-        return k * conv[::step][: TIMES.size]
 
     def loop():
-        out = np.empty((n_loop, 2))
-        for i in range(n_loop):
-            try:
-                (k, kep), _ = curve_fit(
-                    model, TIMES, conc[i], p0=(0.1, 0.5), bounds=([0, 1e-3], [5, 10])
-                )
-            except RuntimeError:  # curve_fit gave up: counted as a failure
-                k = kep = np.nan
-            out[i] = k, k / kep
-        return out
+        return np.stack(peer_tofts(conc[:n_loop], TIMES), axis=1)
 
     loop_values, loop_seconds = timed(loop)
     sub = slice(0, n_loop)
@@ -271,17 +307,276 @@ def bench_volumes(shape, rng):
     return results
 
 
+# --- whole commands: the real CLI in a subprocess against the per-voxel peer -----------------
+
+REPO = Path(__file__).resolve().parents[1]
+#: The issue's size: a 256 x 256 x 30 DWI of 8 b-values (1.97 M voxels); the same grid for
+#: the Tofts concentration series, 60 frames every 5 s.
+WHOLE_SIZE = (256, 256, 30)
+GOALS = {"adc": 200.0, "ivim": 200.0, "tofts": 150.0}
+
+
+def whole_inputs(cache: Path, size) -> dict[str, Path]:
+    """The digital patient's DWI (mono-exponential and IVIM) and a Tofts concentration
+    series on a ``size`` grid, generated once into ``cache`` (outside the repository)."""
+    from primage.io import write_image, write_json, write_text
+    from primage.synthetic import TISSUES, extended_tofts, make_digital_patient, parker_aif
+
+    folder = Path(cache) / f"kinetics-{size[0]}x{size[1]}x{size[2]}"
+    paths = {
+        name: folder / name
+        for name in ("dwi.nii.gz", "dwi_ivim.nii.gz", "dwi.bval", "conc.nii.gz", "conc.times")
+    }
+    paths.update(
+        {
+            name: folder / f"truth_{name}.nii.gz"
+            for name in ("adc", "ivim_f", "ivim_dstar", "tissues")
+        }
+    )
+    if (folder / "done.json").exists():
+        return paths
+    # The default patient's field of view (144 x 144 x 160 mm) on the finer grid.
+    spacing = (1.5 * 96 / size[0], 1.5 * 96 / size[1], 4.0 * 40 / size[2])
+    times = np.arange(60) * 5.0
+    mono = make_digital_patient(0, size=size, spacing=spacing, frame_times_s=times)
+    write_image(mono.dwi, paths["dwi.nii.gz"])
+    write_text(" ".join(f"{b:g}" for b in mono.b_values) + "\n", paths["dwi.bval"])
+    write_image(mono.truth_images["adc"], paths["adc"])
+    write_image(mono.tissues, paths["tissues"])
+    # Concentration: each tissue's standard Tofts curve (Ktrans, ve of the patient's tissues,
+    # the synthetic module's own recursion on a 0.25 s grid, Parker AIF delayed 20 s), plus
+    # Gaussian noise of 0.02 mM; vessels hold whole blood, air is noise around 0.
+    labels = sitk.GetArrayFromImage(mono.tissues)
+    fine = np.arange(0.0, times[-1] + 0.25, 0.25)
+    blood = parker_aif(fine, 20.0)
+    curves = np.zeros((max(TISSUES) + 1, times.size))
+    for label, tissue in TISSUES.items():
+        if tissue.name == "vessel":
+            curves[label] = np.interp(times, fine, blood)
+        elif label:
+            tissue_curve = extended_tofts(fine, blood / (1 - HCT), tissue.ktrans, tissue.ve, 0.0)
+            curves[label] = np.interp(times, fine, tissue_curve)
+    rng = np.random.default_rng(1)
+    volumes = []
+    for frame in range(times.size):
+        volume = curves[labels, frame] + rng.normal(0, 0.02, labels.shape)
+        image = sitk.GetImageFromArray(volume.astype(np.float32))
+        image.CopyInformation(mono.tissues)
+        volumes.append(image)
+    write_image(sitk.JoinSeries(volumes, 0.0, 5.0), paths["conc.nii.gz"])
+    write_text(" ".join(f"{t:g}" for t in times) + "\n", paths["conc.times"])
+    del mono, volumes
+    ivim = make_digital_patient(0, size=size, spacing=spacing, ivim=True)
+    write_image(ivim.dwi, paths["dwi_ivim.nii.gz"])
+    write_image(ivim.truth_images["ivim_f"], paths["ivim_f"])
+    write_image(ivim.truth_images["ivim_dstar"], paths["ivim_dstar"])
+    write_json({"size": list(size), "spacing_mm": list(spacing)}, folder / "done.json")
+    return paths
+
+
+def memory_pass(flat: np.ndarray) -> float:
+    """Seconds of one pass over the series in memory (sum over frames), best of 3."""
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        np.add.reduce(flat, axis=0, dtype=np.float32)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _map_values(path: Path, index: np.ndarray) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).ravel()[index].astype(float)
+
+
+def bench_whole(cache: Path, size, samples: dict[str, int], rng) -> list[dict]:
+    """Each command on the generated series against the peer on a random subsample."""
+    paths = whole_inputs(cache, size)
+    out = Path(cache) / "out"
+    tissues = sitk.GetArrayFromImage(sitk.ReadImage(str(paths["tissues"]))).ravel()
+    rows = []
+    cases = [
+        (
+            "adc",
+            "dwi.nii.gz",
+            [
+                "kinetics",
+                "adc",
+                "--dwi",
+                str(paths["dwi.nii.gz"]),
+                "--bvalues",
+                str(paths["dwi.bval"]),
+            ],
+        ),
+        (
+            "ivim",
+            "dwi_ivim.nii.gz",
+            [
+                "kinetics",
+                "ivim",
+                "--dwi",
+                str(paths["dwi_ivim.nii.gz"]),
+                "--bvalues",
+                str(paths["dwi.bval"]),
+            ],
+        ),
+        (
+            "tofts",
+            "conc.nii.gz",
+            [
+                "kinetics",
+                "tofts",
+                "--concentration",
+                str(paths["conc.nii.gz"]),
+                "--times",
+                str(paths["conc.times"]),
+                "--population-aif",
+                "parker",
+                "--aif-delay",
+                "20",
+            ],
+        ),
+    ]
+    b = np.loadtxt(paths["dwi.bval"])
+    times = np.loadtxt(paths["conc.times"])
+    for name, series_name, args in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            series = sitk.ReadImage(str(paths[series_name]))
+        flat = sitk.GetArrayViewFromImage(series).reshape(series.GetSize()[3], -1)
+        voxels = flat.shape[1]
+        passed = memory_pass(flat)
+        index = np.sort(rng.choice(voxels, samples[name], replace=False))
+        signal = flat[:, index].T.astype(float)
+        del series, flat
+        result = run_measured(
+            [sys.executable, "-m", "primage", *args, "--output-dir", str(out / name), "--quiet"],
+            cwd=REPO,
+        )
+        if result["returncode"] != 0:
+            raise SystemExit(f"primage {' '.join(args)} failed")
+        peers = {}
+        for bounded in (False, True):
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # curve_fit's covariance warnings
+                if name == "adc":
+                    peer = {"adc": peer_adc(signal, b, bounded)}
+                elif name == "ivim":
+                    d, f, dstar = peer_ivim(signal, b, bounded=bounded)
+                    peer = {"ivim_d": d, "ivim_f": f, "ivim_dstar": dstar}
+                else:
+                    ktrans, ve = peer_tofts(signal, times, bounded=bounded)
+                    peer = {"ktrans": ktrans, "ve": ve}
+            peers[bounded] = (peer, time.perf_counter() - start)
+        ours = {key: _map_values(out / name / f"{key}.nii.gz", index) for key in peers[True][0]}
+        fast = peers[False][1] * voxels / index.size
+        rows.append(
+            {
+                "name": name,
+                "voxels": voxels,
+                **result,
+                "peer_rate": index.size / peers[False][1],
+                "peer_n": index.size,
+                "peer_s": fast,
+                "ratio": fast / result["wall"],
+                "ratio_bounded": peers[True][1] * voxels / index.size / result["wall"],
+                "pass": passed,
+                "accuracy": _whole_accuracy(
+                    name, ours, peers[False][0], peers[True][0], paths, index, tissues[index]
+                ),
+            }
+        )
+    return rows
+
+
+def _tissue_values(attribute: str, labels: np.ndarray) -> np.ndarray:
+    from primage.synthetic import TISSUES
+
+    lookup = np.zeros(max(TISSUES) + 1)
+    for label, tissue in TISSUES.items():
+        lookup[label] = getattr(tissue, attribute)
+    return lookup[labels.astype(int)]
+
+
+def _whole_accuracy(name, ours, peer, bounded, paths, index, tissue) -> tuple[str, ...]:
+    """Median |error| against the truth on the subsample's body voxels, both methods."""
+    body = tissue > 0
+    if name == "adc":
+        truth = {"adc": _map_values(paths["adc"], index)}
+    elif name == "ivim":
+        truth = {
+            "ivim_d": _tissue_values("adc", tissue),
+            "ivim_f": _map_values(paths["ivim_f"], index),
+        }
+    else:
+        truth = {"ktrans": _tissue_values("ktrans", tissue)}
+    texts = []
+    for values in (ours, peer, bounded):
+        parts = []
+        for key, target in truth.items():
+            keep = body & np.isfinite(values[key]) & (target > 0 if key != "ivim_f" else body)
+            error = values[key][keep] - target[keep]
+            if key == "ivim_f":
+                parts.append(f"f {np.median(np.abs(error)):.3f}")
+            else:
+                parts.append(f"{key} {np.median(np.abs(error / target[keep])) * 100:.1f} %")
+        parts.append(f"no fit {int(np.count_nonzero(~np.isfinite(values[next(iter(truth))])))}")
+        texts.append(", ".join(parts))
+    return tuple(texts)
+
+
+def print_whole(rows: list[dict], size) -> None:
+    print(
+        f"\nWhole commands (`python -m primage kinetics ...` in its own process, gzip NIfTI in "
+        f"and out, every voxel of {size[0]} x {size[1]} x {size[2]}) against the per-voxel "
+        "curve_fit loop (subsample, extrapolated; without bounds = MINPACK Levenberg-Marquardt, "
+        "the fastest loop; the bounded loop's ratio in brackets):\n"
+    )
+    print(
+        "| command | voxels | wall s | CPU s | peak RSS | curve_fit vox/s (n) | loop, all voxels "
+        "| ratio (wall) | goal | one memory pass | wall / pass |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        goal = GOALS[r["name"]]
+        print(
+            f"| {r['name']} | {r['voxels']:,} | {r['wall']:.2f} | {r['cpu']:.2f} | "
+            f"{r['rss']:,.0f} MiB | {r['peer_rate']:,.0f} ({r['peer_n']}) | {r['peer_s']:,.0f} s | "
+            f"{r['ratio']:,.0f}x ({r['ratio_bounded']:,.0f}x) | {goal:.0f}x "
+            f"{'met' if r['ratio'] >= goal else 'MISSED'} | {r['pass']:.3f} s | "
+            f"{r['wall'] / r['pass']:,.0f}x {'(<= 20x)' if r['wall'] <= 20 * r['pass'] else '(> 20x)'} |"
+        )
+    print("\nAccuracy on the subsample's body voxels (median |error| against the truth):\n")
+    print("| command | primage | curve_fit, no bounds | curve_fit, bounded |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | " + " | ".join(r["accuracy"]) + " |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--no-volume", action="store_true", help="skip the 256x256x40 volumes")
+    parser.add_argument(
+        "--whole-only", action="store_true", help="only the whole commands (CLI in a subprocess)"
+    )
+    parser.add_argument(
+        "--cache",
+        default=os.path.join(tempfile.gettempdir(), "primage-bench-cache"),
+        help="folder for the generated series (made once; default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     scale = 10 if args.quick else 1
     print(
         f"primage kinetics benchmark; Python {platform.python_version()}, numpy {np.__version__}, "
-        f"{platform.processor() or platform.machine()}"
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f} at start"
     )
+    size = (64, 64, 10) if args.quick else WHOLE_SIZE
+    samples = {"adc": 2000 // scale, "ivim": 1000 // scale, "tofts": 600 // scale}
+    print_whole(bench_whole(Path(args.cache), size, samples, rng), size)
+    if args.whole_only:
+        return 0
     rows = [
         bench_adc(200_000 // scale, 2000 // scale, rng),
         bench_ivim(100_000 // scale, 1000 // scale, rng),

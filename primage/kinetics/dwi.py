@@ -37,7 +37,6 @@ import SimpleITK as sitk
 
 from primage.errors import PrimageInputError
 from primage.kinetics.fitting import inverse_small, levenberg_marquardt, standard_errors
-from primage.kinetics.rician import rician_mean, rician_mean_slope, rician_variance
 from primage.kinetics.series import VoxelSeries, load_series, map_chunks, report
 from primage.kinetics.values import check_b_values
 
@@ -128,6 +127,9 @@ def _exponential_model(b: np.ndarray):
 
 def _rician_model(b: np.ndarray, sigma: np.ndarray):
     """E[M](a exp(-b d), sigma) for the batched solver, params (a, d); ``sigma`` (n,) per row."""
+    # Imported here: rician needs scipy.special, which every ADC command would otherwise
+    # load at start-up (~0.3 s) for a method it does not use.
+    from primage.kinetics.rician import rician_mean, rician_mean_slope
 
     def model(params: np.ndarray, rows: np.ndarray):
         decay = np.exp(-np.outer(b, params[1]))  # (B, n)
@@ -247,6 +249,8 @@ def fit_adc(
         s0, adc = fit.params
         expected, jacobian = model(fit.params, np.arange(rows.size))
         amplitude = s0[None, :] * np.exp(-np.outer(b, adc))
+        from primage.kinetics.rician import rician_variance
+
         errors = _sandwich_se(jacobian, rician_variance(amplitude, noise))
         s0_se, slope_se = errors[:, 0], errors[:, 1]
         prediction = expected.T

@@ -1,4 +1,5 @@
-"""The batched solvers of primage.kinetics.fitting against numpy and scipy, problem by problem."""
+"""The batched solvers of primage.kinetics.fitting against numpy and scipy, problem by problem;
+voxel chunks of primage.kinetics.series."""
 
 from __future__ import annotations
 
@@ -100,3 +101,22 @@ def test_a_problem_started_at_its_constrained_minimum_stops_at_once():
     assert fit.converged.all()
     assert fit.iterations <= 2
     np.testing.assert_allclose(fit.params, start, rtol=1e-9, atol=1e-12)
+
+
+def test_voxel_chunks_and_mean_signal_with_and_without_a_mask():
+    import SimpleITK as sitk
+
+    from primage.kinetics.series import load_series
+
+    rng = np.random.default_rng(2)
+    array = rng.uniform(1, 2, (5, 4, 6, 7)).astype(np.float32)  # frames, z, y, x
+    series = sitk.JoinSeries([sitk.GetImageFromArray(frame) for frame in array])
+    flat = array.reshape(5, -1)
+    mask_array = rng.uniform(size=(4, 6, 7)) > 0.5
+    mask = sitk.GetImageFromArray(mask_array.astype(np.uint8))
+    for voxels, chosen in ((load_series(series), np.arange(flat.shape[1])),
+                           (load_series(series, mask), np.flatnonzero(mask_array))):  # fmt: skip
+        np.testing.assert_array_equal(voxels.index, chosen)
+        for start, stop in voxels.chunks(17):
+            np.testing.assert_array_equal(voxels.chunk(start, stop), flat[:, chosen[start:stop]].T)
+        np.testing.assert_allclose(voxels.mean_signal(), flat[:, chosen].mean(axis=1), rtol=1e-6)

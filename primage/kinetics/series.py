@@ -71,9 +71,17 @@ class VoxelSeries:
         size = self.reference.GetSize()
         return (size[2], size[1], size[0])
 
+    def _columns(self, start: int, stop: int) -> np.ndarray:
+        """``frames_by_voxel`` at voxels ``index[start:stop]``: a view (no gather) when those
+        voxels are consecutive, as they are without a mask."""
+        index = self.index[start:stop]
+        if index.size and index[-1] - index[0] == index.size - 1:  # sorted and unique
+            return self.frames_by_voxel[:, index[0] : index[-1] + 1]
+        return self.frames_by_voxel[:, index]
+
     def chunk(self, start: int, stop: int) -> np.ndarray:
         """Signals of voxels ``index[start:stop]`` as a (voxels, frames) float64 array."""
-        return np.ascontiguousarray(self.frames_by_voxel[:, self.index[start:stop]].T, dtype=float)
+        return np.ascontiguousarray(self._columns(start, stop).T, dtype=float)
 
     def chunks(self, size: int = CHUNK_VOXELS):
         """Yield ``(start, stop)`` bounds of consecutive voxel chunks."""
@@ -85,7 +93,10 @@ class VoxelSeries:
         index = self.index if selection is None else self.index[selection]
         total = np.zeros(self.frames)
         for start in range(0, index.size, CHUNK_VOXELS):
-            part = self.frames_by_voxel[:, index[start : start + CHUNK_VOXELS]]
+            if selection is None:
+                part = self._columns(start, start + CHUNK_VOXELS)
+            else:
+                part = self.frames_by_voxel[:, index[start : start + CHUNK_VOXELS]]
             total += part.sum(axis=1, dtype=float)
         return total / max(index.size, 1)
 

@@ -1,6 +1,7 @@
 """`primage radiomics extract` and the extraction engine: equality with pyradiomics, bad input."""
 
 import csv
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -16,7 +17,16 @@ from radiomics.featureextractor import RadiomicsFeatureExtractor
 
 from primage.cli import main
 from primage.errors import PrimageInputError
-from primage.radiomics.extraction import extract, perturb, result_rows
+from primage.radiomics.extraction import (
+    Region,
+    _Scheduler,
+    build_tasks,
+    estimated_cost,
+    extract,
+    perturb,
+    result_rows,
+    run_tasks,
+)
 from primage.radiomics.params import load_params
 
 radiomics.setVerbosity(logging.CRITICAL + 1)
@@ -423,3 +433,60 @@ def test_filtered_image_types_equal_pyradiomics(case, tmp_path):
         str(case["t2w"]), str(case["labels"]), label=2
     )
     assert result.features == {k: float(v) for k, v in direct.items() if not k.startswith("diag")}
+
+
+def test_estimated_cost_counts_the_grid_pyradiomics_computes_on(case, tmp_path):
+    """Bounding box voxels (on the resampled grid plus padding when resampling) x images."""
+    fast = load_params(params_file=case["params"])
+    tasks = build_tasks(
+        {"t2w": str(case["t2w"])},
+        [Region(str(label), str(case["labels"]), label) for label in (1, 2, 5, 9)],
+        fast,
+    )
+    # label 1: sphere of radius 6 (13^3 box), 2: 16 x 20 x 8 box, 5: 4^3 cube, 9: absent.
+    assert [estimated_cost(task) for task in tasks] == [13**3, 16 * 20 * 8, 4**3, 0.0]
+    missing = dataclasses.replace(tasks[0], mask=str(tmp_path / "nothing.nii.gz"))
+    assert estimated_cost(missing) == 0.0  # the task itself says why when it runs
+    binarized = dataclasses.replace(tasks[0], binarize=True, label=1)
+    # Every non-zero voxel: from the cube's corner (2, 2, 2) to the single voxel (22, 30, 30).
+    assert estimated_cost(binarized) == 21 * 29 * 29
+    resampling = dataclasses.replace(
+        tasks[1],
+        params={
+            "setting": {"resampledPixelSpacing": [0.5, 0, 2.0], "interpolator": "sitkBSpline"},
+            "imageType": {"Original": {}, "Wavelet": {}, "LoG": {"sigma": [1.0, 2.0]}},
+        },
+    )
+    spacing = sitk.ReadImage(str(case["labels"])).GetSpacing()
+    # x: 8 voxels to 0.5 mm, y: kept (0), z: 16 voxels to 2 mm; 5 voxels padding each side.
+    expected = (8 * spacing[0] / 0.5 + 10) * (20 + 10) * (16 * spacing[2] / 2.0 + 10)
+    assert estimated_cost(resampling) == pytest.approx(expected * (1 + 8 + 2))
+
+
+def test_sorted_parallel_run_equals_plain_pyradiomics(case, tmp_path):
+    """Two parameter sets interleaved, run largest first on 2 processes: every row equals
+    RadiomicsFeatureExtractor(params).execute, in the order the tasks were given."""
+    fine = tmp_path / "fine.yaml"
+    fine.write_text(case["params"].read_text().replace("binWidth: 10", "binWidth: 4"))
+    tasks = []
+    for params_file in (case["params"], fine):
+        parameters = load_params(params_file=params_file)
+        regions = [Region(str(label), str(case["labels"]), label) for label in (5, 1, 2)]
+        tasks += build_tasks({params_file.stem: str(case["ct"])}, regions, parameters)
+    scheduler = _Scheduler(tasks, 1, lambda fraction, message: None, None)
+    scheduler._sort()
+    # Largest region first (2, then 1, then 5), the given order between equal costs.
+    assert scheduler.order == [2, 5, 1, 4, 0, 3]
+    results = run_tasks(tasks, workers=2)
+    assert [(r.task.image_name, r.task.region_name) for r in results] == [
+        (t.image_name, t.region_name) for t in tasks
+    ]
+    for task, result in zip(tasks, results, strict=True):
+        expected = RadiomicsFeatureExtractor(task.params).execute(
+            str(case["ct"]), str(case["labels"]), label=task.label
+        )
+        assert result.ok, result.error
+        assert result.features == {
+            k: float(v) for k, v in expected.items() if not k.startswith("diagnostics")
+        }
+    assert results[0].features != results[3].features  # the two parameter sets differ

@@ -18,6 +18,7 @@ nearest-neighbour interpolation (labels are kept, never blended) and the row rec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -218,7 +219,10 @@ def _extractor(params: dict[str, Any]):
     if key not in _EXTRACTORS:
         from radiomics.featureextractor import RadiomicsFeatureExtractor
 
-        _EXTRACTORS.clear()  # one parameter set per run: keep memory flat
+        if len(_EXTRACTORS) >= 8:
+            # A few parameter sets (one per modality) are in use at once, tasks of several
+            # interleave when sorted by size: keep them, but never let the cache grow.
+            _EXTRACTORS.pop(next(iter(_EXTRACTORS)))
         with warnings.catch_warnings():
             # pykwalify loads pyradiomics' schema functions with a deprecated importlib API.
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -333,13 +337,77 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _init_worker() -> None:
+def _init_worker(params: dict[str, Any] | None = None) -> None:
     # ITK keeps its default thread count in workers: reductions such as the image
     # statistics of pyradiomics' normalisation sum in an order that depends on the thread
     # count, and the same count keeps every value equal, to the last bit, to plain
     # pyradiomics in one process. (pyradiomics' texture matrices are single-threaded C.)
     warnings.simplefilter("ignore", GeometryWarning)
     _quiet_radiomics()
+    if params is not None:
+        # Build the extractor (pyradiomics' imports, schema validation) while the calling
+        # process already computes its first task, not when the first task arrives here.
+        _extractor(params)
+
+
+def _ready() -> bool:
+    """A no-op task: submitting it starts the worker process before the tasks are sorted."""
+    return True
+
+
+def _derived_images(params: Mapping[str, Any]) -> int:
+    """How many images pyradiomics computes features on: the original and each filter's."""
+    count = 0
+    settings = params.get("setting") or {}
+    for name, options in (params.get("imageType") or {"Original": {}}).items():
+        options = options or {}
+        if name == "Wavelet":
+            count += 8  # one level of a 3D decomposition: 8 sub-bands
+        elif name == "LoG":
+            count += max(1, len(options.get("sigma") or settings.get("sigma") or [1]))
+        else:
+            count += 1
+    return max(count, 1)
+
+
+def estimated_cost(task: Task, masks: dict | None = None) -> float:
+    """Relative cost of a task (no unit): voxels of the grid pyradiomics computes on x images.
+
+    The grid is the region's bounding box (its physical extent over
+    ``resampledPixelSpacing`` when resampling, plus ``padDistance`` voxels on each side)
+    and the images are the original and every filtered one, so larger regions and richer
+    presets count more. ``masks`` caches the masks read (by path) and their bounding boxes
+    between calls. A mask that cannot be read costs 0: the task reports why when it runs.
+    """
+    masks = {} if masks is None else masks
+    source = id(task.mask) if isinstance(task.mask, sitk.Image) else str(task.mask)
+    cache_key = (source, task.binarize)
+    try:
+        if cache_key not in masks:
+            mask = _load(task.mask, "mask")
+            region_map = (
+                sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8) if task.binarize else mask
+            )
+            if region_map.GetPixelID() not in (sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkUInt32):
+                region_map = sitk.Cast(region_map, sitk.sitkUInt32)
+            shapes = sitk.LabelShapeStatisticsImageFilter()
+            shapes.Execute(region_map)
+            boxes = {int(v): shapes.GetBoundingBox(v) for v in shapes.GetLabels()}
+            masks[cache_key] = (mask, boxes, np.array(mask.GetSpacing(), dtype=float))
+        _, boxes, spacing = masks[cache_key]
+    except (PrimageInputError, RuntimeError, ValueError, OSError):
+        return 0.0
+    box = boxes.get(int(task.label))
+    if box is None:
+        return 0.0
+    dimension = len(spacing)
+    size = np.array(box[dimension:], dtype=float)
+    settings = task.params.get("setting") or {}
+    resampled = settings.get("resampledPixelSpacing")
+    if resampled and settings.get("interpolator") is not None and len(resampled) == dimension:
+        target = np.where(np.asarray(resampled, dtype=float) > 0, resampled, spacing)
+        size = size * spacing / target + 2 * float(settings.get("padDistance", 5))
+    return float(np.prod(size)) * _derived_images(task.params)
 
 
 def _pool_context():
@@ -405,9 +473,13 @@ def run_tasks(
 class _Scheduler:
     """Shares tasks between this process (the calling thread) and a pool of processes.
 
-    A feeder thread keeps each pool process busy with one running and one queued task and
-    collects their results; the calling thread takes the next task whenever it is free.
-    Tasks are handed out in order, one at a time, so whoever is free takes the next one.
+    The pool's processes start first (they take about half a second each to import
+    pyradiomics and build the extractor); meanwhile this process estimates each task's
+    cost (:func:`estimated_cost`) and starts computing. Tasks are handed out largest
+    first, one at a time, to whoever is free: a feeder thread keeps each pool process
+    busy with exactly one task (none queued behind it, so no one waits at the end for a
+    task another has reserved) and collects the results; the calling thread takes the
+    next task whenever it is free. Results keep the order of ``tasks``.
     """
 
     def __init__(self, tasks, pool_size, report, cancel) -> None:
@@ -417,17 +489,19 @@ class _Scheduler:
         self.cancel = cancel
         self.results: list[Result | None] = [None] * len(tasks)
         self.lock = threading.Lock()
+        self.order: list[int] = list(range(len(tasks)))
         self.next_index = 0
         self.done = 0
         self.stopped = False
         self.failure: BaseException | None = None
+        self.masks: dict = {}
 
     def take(self) -> int | None:
         with self.lock:
-            if self.stopped or self.next_index >= len(self.tasks):
+            if self.stopped or self.next_index >= len(self.order):
                 return None
             self.next_index += 1
-            return self.next_index - 1
+            return self.order[self.next_index - 1]
 
     def record(self, index: int, result: Result) -> None:
         with self.lock:
@@ -438,11 +512,26 @@ class _Scheduler:
             total = len(self.tasks)
             self.report(done / total, f"{done}/{total} {_describe(self.tasks[index])}")
 
+    def _sort(self) -> None:
+        """Largest first (longest-processing-time order); ties keep the given order."""
+        costs = [estimated_cost(task, self.masks) for task in self.tasks]
+        self.order = sorted(range(len(self.tasks)), key=lambda i: -costs[i])
+
+    def _run_here(self, index: int) -> Result:
+        """Run a task in this process, reusing the mask already read to sort the tasks."""
+        task = self.tasks[index]
+        cached = self.masks.get((str(task.mask), task.binarize))
+        if cached is None or isinstance(task.mask, sitk.Image):
+            return run_task(task)
+        result = run_task(dataclasses.replace(task, mask=cached[0]))
+        result.task = task
+        return result
+
     def _feed(self, pool) -> None:
         pending: dict = {}
         try:
             while True:
-                while len(pending) < 2 * self.pool_size:
+                while len(pending) < self.pool_size:
                     index = self.take()
                     if index is None:
                         break
@@ -467,17 +556,23 @@ class _Scheduler:
 
     def run(self) -> list[Result]:
         pool = ProcessPoolExecutor(
-            self.pool_size, mp_context=_pool_context(), initializer=_init_worker
+            self.pool_size,
+            mp_context=_pool_context(),
+            initializer=_init_worker,
+            initargs=(self.tasks[0].params,),
         )
         feeder = threading.Thread(target=self._feed, args=(pool,), daemon=True)
         try:
+            for _ in range(self.pool_size):
+                pool.submit(_ready)  # starts the processes now, while the tasks are sorted
+            self._sort()
             feeder.start()
             while True:
                 self._check_cancel()
                 index = self.take()
                 if index is None:
                     break
-                self.record(index, run_task(self.tasks[index]))
+                self.record(index, self._run_here(index))
             while feeder.is_alive():
                 feeder.join(0.2)
                 self._check_cancel()
@@ -485,7 +580,8 @@ class _Scheduler:
                 raise self.failure
         finally:
             self.stopped = True
-            feeder.join()
+            if feeder.ident is not None:  # started
+                feeder.join()
             pool.shutdown(wait=True, cancel_futures=True)
         return self.results  # type: ignore[return-value]
 

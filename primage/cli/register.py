@@ -55,8 +55,11 @@ def register(subparsers) -> None:
         "B-spline, multi-resolution, Mattes mutual information for multi-modal pairs. "
         "The transform maps fixed to moving points (ITK convention; "
         "sitk.Resample(moving, fixed, transform)); Slicer loads it as the transform that "
-        "aligns the moving volume. 'primage register motion --help' corrects the motion of "
-        "a 4D series.",
+        "aligns the moving volume. The start is the best by the metric of the headers' "
+        "alignment, the preset's initialisation and --initial-transform; the optimised "
+        "result is kept only if it is better on fresh samples, otherwise the start is "
+        "written and the sidecar (acceptance) and QC (start_returned) say so. "
+        "'primage register motion --help' corrects the motion of a 4D series.",
     )
     parser.add_argument("--fixed", help="fixed (reference) 3D image")
     parser.add_argument("--moving", help="moving 3D image")
@@ -72,7 +75,8 @@ def register(subparsers) -> None:
         "--initialisation",
         "--initialization",
         choices=("none", "geometry", "moments"),
-        help="start: scanner coordinates, image centres or centres of mass (default: preset's)",
+        help="start candidate besides the headers' alignment: none, image centres or centres "
+        "of mass (default: preset's)",
     )
     parser.add_argument("--bspline-spacing", type=float, help="B-spline control-point spacing (mm)")
     parser.add_argument("--seed", type=int, help="random sampling seed (default: preset's)")

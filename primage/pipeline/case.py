@@ -56,8 +56,10 @@ def package_versions() -> dict[str, str]:
 
 
 def chain(config: dict[str, Any]) -> list[str]:
-    """The steps a case goes through: the configured ones, then ``figures``."""
-    return [*config["steps"], "figures"]
+    """The steps a case goes through: the configured ones, ``dicom`` when
+    ``export.dicom`` is on, then ``figures``."""
+    export = ["dicom"] if config.get("export", {}).get("dicom") else []
+    return [*config["steps"], *export, "figures"]
 
 
 class CaseStatus:
@@ -318,6 +320,7 @@ def summarise(
             if Path(path).suffix == ".png"
         },
         "snapshots": {name: relative(path) for name, path in sorted(ctx.snapshots.items())},
+        "dicom": ctx.dicom,
         "steps": rows,
     }
 
@@ -339,5 +342,6 @@ def failed_summary(case: Case, step: str, message: str) -> dict[str, Any]:
         "radiomics": {},
         "figures": {},
         "snapshots": {},
+        "dicom": {},
         "steps": [],
     }

@@ -69,6 +69,13 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "setting": {},
         "images": ["t2w", "t1w", "ct", "adc", "iauc60"],
     },
+    "export": {
+        "dicom": False,
+        "dicom_source": "",
+        "inventory": "",
+        "maps": "all",
+        "deflate": False,
+    },
 }
 
 DEFAULT_CONFIG_TEXT = """\
@@ -166,6 +173,25 @@ radiomics:
   setting: {}
   # Series roles and kinetic maps (adc, iauc60, ktrans, ve, kep) that get features.
   images: [t2w, t1w, ct, adc, iauc60]
+
+export:
+  # DICOM results after the steps, in OUT/<case>/dicom/ (as `primage dicom export`): a
+  # DICOM SEG of the tumour and of each FCF habitat image, a Parametric Map per kinetic
+  # map, and a TID 1500 Structured Report (tumour volume, ROI values of the maps, habitat
+  # values, radiomic features), all referencing the reference series' source DICOM series.
+  # The results must be on that series' own grid (a reference preprocessing preset that
+  # resamples, such as ct, puts them on another: nothing is interpolated, the case fails
+  # with the reason). Identity: the case folder name is the pseudonym.
+  dicom: false
+  # The DICOM folder `primage dicom assemble` read, and the inventory it used: case.json
+  # names each file's series ids, the inventory their SeriesInstanceUIDs.
+  dicom_source: ""
+  inventory: ""
+  # Parametric Maps: "all" (every map of the kinetics step with a DICOM code, see
+  # primage.dicom.export.MAPS) or a list, e.g. [adc, iauc60, ktrans, ve].
+  maps: all
+  # Lossless Deflated Explicit VR Little Endian (smaller SEG; not every archive accepts it).
+  deflate: false
 """
 
 
@@ -382,7 +408,42 @@ def validate_config(data: Any, *, base: str | os.PathLike | None = None) -> dict
     radiomics["images"] = [_role(i, "radiomics.images") for i in images]
     if "radiomics" in config["steps"]:
         radiomics_parameters(config)  # validates the preset and the settings (pyradiomics schema)
+    _validate_export(config["export"], base)
     return config
+
+
+def _validate_export(export: dict[str, Any], base: Path | None) -> None:
+    """The ``export`` section: DICOM source folder and inventory exist when export is on."""
+    from primage.dicom.export import MAPS
+
+    _bool(export["dicom"], "export.dicom")
+    _bool(export["deflate"], "export.deflate")
+    for key in ("dicom_source", "inventory"):
+        if not isinstance(export[key], str):
+            raise PrimageInputError(f"{_where('export.' + key)} must be a path (text)")
+        if export[key]:
+            export[key] = _resolve_file(export[key], base)
+    maps = export["maps"]
+    if maps != "all":
+        if not isinstance(maps, list) or not all(isinstance(m, str) for m in maps):
+            raise PrimageInputError(
+                f"{_where('export.maps')} must be all or a list of map names, got {maps!r}"
+            )
+        for name in maps:
+            _choice(name, tuple(MAPS), "export.maps")
+    if not export["dicom"]:
+        return
+    source, inventory = export["dicom_source"], export["inventory"]
+    if not source or not Path(source).is_dir():
+        raise PrimageInputError(
+            f"{_where('export.dicom_source')}: export.dicom needs the DICOM folder the cases "
+            f"were assembled from (got {source!r}: not a folder)"
+        )
+    if not inventory or not Path(inventory).is_file():
+        raise PrimageInputError(
+            f"{_where('export.inventory')}: export.dicom needs the inventory CSV of "
+            f"`primage dicom scan` used by assemble (got {inventory!r}: not a file)"
+        )
 
 
 def radiomics_parameters(config: Mapping[str, Any]):

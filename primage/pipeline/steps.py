@@ -37,6 +37,7 @@ VERSIONS = {
     "kinetics": "1",
     "radiomics": "1",
     "figures": "1",
+    "dicom": "1",
 }
 
 
@@ -52,11 +53,14 @@ class CaseContext:
     transforms: dict[str, Path] = field(default_factory=dict)
     mask: Path | None = None
     maps: dict[str, Path] = field(default_factory=dict)
+    # Every image the kinetics step wrote, by file stem (adc, adc_se, fcf_adc_habitats, ...).
+    kinetic_images: dict[str, Path] = field(default_factory=dict)
     kinetics: dict[str, Path] = field(default_factory=dict)  # unit -> its JSON summary
     qc: dict[str, Path] = field(default_factory=dict)  # role -> registration QC JSON
     snapshots: dict[str, Path] = field(default_factory=dict)
     radiomics: dict[str, Path] = field(default_factory=dict)  # image -> features CSV
     figures: dict[str, Path] = field(default_factory=dict)
+    dicom: dict[str, Any] = field(default_factory=dict)  # the dicom step's objects
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -752,6 +756,9 @@ def step_kinetics(ctx: CaseContext, progress) -> StepOutcome:
     _run(ctx, "kinetics", units, outcome, progress)
     for unit in outcome.units:
         ctx.kinetics[unit.name] = unit.outputs["summary"]
+        for path in unit.outputs.values():
+            if Path(path).name.endswith(".nii.gz"):
+                ctx.kinetic_images[Path(path).name[: -len(".nii.gz")]] = Path(path)
         for name in ("adc", "iauc60", "ktrans", "ve", "kep", "habitats"):
             if name in unit.outputs:
                 key = f"{unit.name}_habitats" if name == "habitats" else name
@@ -845,6 +852,113 @@ def step_figures(ctx: CaseContext, progress) -> StepOutcome:
     return outcome
 
 
+# --- dicom -------------------------------------------------------------------------------
+
+#: DICOM SEG algorithm type of the tumour by segmentation method (a given mask's origin is
+#: not known: SEMIAUTOMATIC, as ``primage dicom export``).
+TUMOUR_ALGORITHMS = {"given": "SEMIAUTOMATIC", "model": "AUTOMATIC"}
+
+
+def step_dicom(ctx: CaseContext, progress) -> StepOutcome:
+    """The case's results as DICOM SEG, Parametric Maps and a TID 1500 SR in ``dicom/``
+    (:func:`primage.dicom.export.export_results`), referencing the reference role's source
+    series (:mod:`primage.pipeline.dicom_out`); only results on that series' grid."""
+    import tempfile
+
+    from primage.dicom.export import MAPS, export_results, read_source_files
+    from primage.pipeline import dicom_out
+
+    export = ctx.config["export"]
+    outcome = StepOutcome()
+    source = dicom_out.find_source(ctx.case, ctx.reference, export)
+    grid = read_source_files(source.files, series_uid=source.series_uid).reference
+    wanted = set(MAPS) if export["maps"] == "all" else set(export["maps"])
+    images: dict[str, Path] = {}
+    if ctx.mask is not None:
+        images["tumour"] = ctx.mask
+    for name, path in sorted(ctx.kinetic_images.items()):
+        if name.endswith("_habitats") or name in wanted:
+            images[name] = path
+    if not images:
+        raise PrimageInputError(
+            "export.dicom: the case has no results to export (tumour mask, kinetic maps)"
+        )
+    kept, refused = dicom_out.on_grid(images, grid)
+    if not kept:
+        raise PrimageInputError(
+            f"export.dicom: no result is on the grid of the {ctx.reference} source series: "
+            f"{refused[0]} (a {ctx.reference} preprocessing preset that resamples moves them; "
+            "nothing is interpolated)"
+        )
+    tumour = kept.pop("tumour", None)
+    habitats = {n: p for n, p in kept.items() if n.endswith("_habitats")}
+    maps = {n: p for n, p in kept.items() if n not in habitats}
+    features = dict(sorted(ctx.radiomics.items())) if tumour is not None else {}
+    inputs: dict[str, Path] = {}
+    if tumour is not None:
+        inputs["tumour"] = tumour
+    inputs.update({f"map_{n}": p for n, p in maps.items()})
+    for name, path in habitats.items():
+        inputs[f"habitats_{name}"] = path
+        table = path.with_name(name.removesuffix("_habitats") + ".json")
+        if table.is_file():
+            inputs[f"habitat_values_{name}"] = table
+    inputs.update({f"features_{n}": p for n, p in features.items()})
+    # By number, not by name: DICOM file and folder names may hold a patient's name.
+    inputs.update({f"source_{i:05d}": p for i, p in enumerate(source.files)})
+    algorithm = TUMOUR_ALGORITHMS.get(ctx.config["segment"]["method"], "SEMIAUTOMATIC")
+    if "segment" not in ctx.config["steps"]:
+        algorithm = "SEMIAUTOMATIC"
+
+    def run(folder: Path):
+        # A rerun replaces the objects: new results must not sit beside stale ones.
+        for old in folder.glob("*.dcm"):
+            if old.name.split("_", 1)[0] in ("seg", "pm", "sr"):
+                old.unlink()
+        with tempfile.TemporaryDirectory(prefix="primage-dicom-source-") as staging:
+            result = export_results(
+                dicom_out.staged_source(source.files, Path(staging)),
+                folder,
+                pseudonym=ctx.case.case_id,
+                series_uid=source.series_uid,
+                tumour=tumour,
+                tumour_algorithm=algorithm,
+                habitats=list(habitats.values()),
+                maps=maps,
+                features=list(features.values()),
+                deflate=export["deflate"],
+            )
+        outputs = {f"{o.kind}_{o.name}": o.path for o in result.objects}
+        outputs["manifest"] = result.manifest
+        return outputs, {
+            "objects": [o.path.name for o in result.objects],
+            "measurements": result.measurements,
+            "series": ctx.reference,
+            "not_exported": refused,
+        }
+
+    unit = Unit(
+        "export",
+        inputs,
+        {
+            "pseudonym": ctx.case.case_id,
+            "tumour_algorithm": algorithm,
+            "maps": sorted(maps),
+            "deflate": export["deflate"],
+        },
+        VERSIONS["dicom"],
+        run,
+    )
+    _run(ctx, "dicom", [unit], outcome, progress)
+    details = outcome.units[0].details
+    outcome.notes.append(
+        f"dicom: {len(details['objects'])} objects referencing the {ctx.reference} series"
+    )
+    outcome.notes.extend(f"dicom: not exported: {reason}" for reason in details["not_exported"])
+    ctx.dicom = dict(details)
+    return outcome
+
+
 #: The step functions by name (``figures`` always runs last and is not configurable).
 STEPS: dict[str, Callable[[CaseContext, Any], StepOutcome]] = {
     "preprocess": step_preprocess,
@@ -853,4 +967,5 @@ STEPS: dict[str, Callable[[CaseContext, Any], StepOutcome]] = {
     "kinetics": step_kinetics,
     "radiomics": step_radiomics,
     "figures": step_figures,
+    "dicom": step_dicom,
 }

@@ -399,9 +399,9 @@ class Candidate:
 
 #: Fresh samples of the "never worse" check: ``_CHECK_SETS`` disjoint sets of voxels of
 #: the full-resolution fixed image, each a sub-grid (every f-th voxel along each axis, at
-#: a different offset) of about ``_CHECK_SAMPLES`` voxels (all of them when the fixed
-#: image, or its dilated mask, is smaller), at least ``_CHECK_FACTOR`` times the largest
-#: per-level sample count of the optimisation.
+#: a different offset) of at most about ``_CHECK_SAMPLES`` voxels (all of them when the
+#: fixed image, or its dilated mask, is smaller) and at least ``_CHECK_FACTOR`` times the
+#: largest per-level sample count of the optimisation.
 _CHECK_SETS = 3
 _CHECK_SAMPLES = 150000
 _CHECK_FACTOR = 4
@@ -471,7 +471,9 @@ class _Scorer:
             else fixed.GetNumberOfPixels()
         )
         target = max(_CHECK_SAMPLES, minimum)
-        factor = max(1, int((count / target) ** (1.0 / 3.0)))
+        factor = max(1, math.ceil((count / target) ** (1.0 / 3.0)))
+        while factor > 1 and count / factor**3 < minimum:
+            factor -= 1
         if factor == 1:
             factor = 2 if count >= 8 * minimum else 1
         if factor == 1:

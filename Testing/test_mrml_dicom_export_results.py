@@ -137,3 +137,50 @@ def test_bad_input_is_one_clear_message(mrml_scene, series, tmp_path):
         export_result_nodes([str(f) for f in files], tmp_path, pseudonym=IDENTITIES["ge"][
             "PatientID"], map_nodes={"adc": off})  # fmt: skip
     assert not list(tmp_path.glob("*.dcm"))
+
+
+def test_kinetics_module_result_of_a_dwi_loaded_from_dicom(mrml_scene, tmp_path):
+    """The Kinetics module's path: a DWI series loaded from DICOM, Fit-Cluster-Fit on it, the
+    result (habitats, confidence map) and the tumour exported against the DWI series."""
+    from primage.dicom.synthetic import split_volumes
+    from primage.mrml.dicom import load_dicom_files
+    from primage.mrml.dicom_export import describe_export, export_kinetics_result
+    from primage.mrml.kinetics import fcf_from_nodes
+    from primage.mrml.volumes import sitk_from_volume_node
+
+    patient = make_digital_patient(
+        4, size=(16, 16, 5), spacing=(3.0, 3.0, 5.0), b_values=(0, 300, 600, 1000)
+    )
+    files = write_series(
+        tmp_path / "dwi", Study(IDENTITIES["siemens"], "SIEMENS"), split_volumes(patient.dwi),
+        description="ep2d_diff", series_number=4, b_values=[0, 300, 600, 1000],
+    )  # fmt: skip
+    nodes, skipped = load_dicom_files(mrml_scene, [str(f) for f in files])
+    assert not skipped
+    dwi = nodes["dwi"]
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml_scene)
+    hierarchy.SetItemUID(hierarchy.CreateItem(hierarchy.GetSceneItemID(), dwi), "DICOM", uid)
+    tumour = sitk.Cast(patient.tumour > 0, sitk.sitkUInt8)
+    segmentation = segmentation_from_label_image(tumour, mrml_scene, {1: "tumour"}, name="t")
+    result = fcf_from_nodes(dwi, "adc", mask_node=segmentation)
+    exported, skipped = export_kinetics_result(
+        result, "fcf_adc", dwi, lambda asked: [str(f) for f in files] if asked == uid else [],
+        tmp_path / "out", pseudonym=PSEUDONYM, tumour_node=segmentation,
+    )  # fmt: skip
+    assert skipped == []
+    assert {o.path.name for o in exported.objects} == {
+        "seg_tumour.dcm", "seg_fcf_adc_habitats.dcm", "pm_fcf_adc_confidence.dcm",
+        "sr_measurements.dcm",
+    }  # fmt: skip
+    confidence = sitk_from_volume_node(result.volumes["confidence"], world=True)
+    pm, _ = values_on_grid(
+        pm_values(tmp_path / "out" / "pm_fcf_adc_confidence.dcm"), confidence, fill=np.nan
+    )
+    assert np.array_equal(pm, sitk.GetArrayFromImage(confidence).astype(np.float32))
+    read, _ = seg_labels(tmp_path / "out" / "seg_tumour.dcm")
+    assert np.array_equal(values_on_grid(read, tumour)[0], sitk.GetArrayFromImage(tumour))
+    assert "Wrote 2 SEG, 1 Parametric Map, 1 SR" in describe_export(exported, skipped)
+    assert leaks(list((tmp_path / "out").iterdir())) == []
+    with pytest.raises(PrimageInputError, match="pseudonym"):
+        export_kinetics_result(result, "fcf_adc", dwi, lambda asked: [], tmp_path, pseudonym="")

@@ -138,9 +138,21 @@ def source_files_of_node(node, files_for_series: Callable[[str], Iterable[str]])
     return files
 
 
-def _label_image(segmentation_node, reference: sitk.Image, role: str) -> tuple[sitk.Image, dict]:
-    """Segments as labels 1, 2, ... (segment order) on the series grid, and their names."""
+def _label_image(
+    segmentation_node, reference: sitk.Image, role: str, segment: str | None = None
+) -> tuple[sitk.Image, dict]:
+    """Segments as labels 1, 2, ... (segment order) on the series grid, and their names;
+    only ``segment`` (a segment name or ID) when given."""
     images = label_images_from_segmentation(segmentation_node, reference=reference)
+    if segment:
+        segmentation = segmentation_node.GetSegmentation()
+        by_id = segmentation.GetSegment(segment)
+        wanted = by_id.GetName() if by_id is not None else segment
+        if wanted not in images:
+            raise PrimageInputError(
+                f"{role} {node_label(segmentation_node)} has no segment {segment!r}"
+            )
+        images = {wanted: images[wanted]}
     labels = np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8)
     names: dict[int, str] = {}
     for name, (mask, _color) in images.items():
@@ -169,6 +181,7 @@ def export_result_nodes(
     *,
     pseudonym: str,
     tumour_node=None,
+    tumour_segment: str | None = None,
     habitat_nodes: Mapping[str, object] | None = None,
     map_nodes: Mapping[str, object] | None = None,
     tumour_algorithm: str = "SEMIAUTOMATIC",
@@ -178,7 +191,8 @@ def export_result_nodes(
 
     ``source``: the source series (folder, list of files or :class:`SourceSeries`);
     ``tumour_node``: segmentation node, each non-overlapping segment one label of the tumour
-    SEG and one measurement group of the SR; ``habitat_nodes``: FCF parameter (``adc``,
+    SEG and one measurement group of the SR (only ``tumour_segment``, a segment name or
+    ID, when given); ``habitat_nodes``: FCF parameter (``adc``,
     ``iauc60``) -> habitat segmentation node; ``map_nodes``: map name (a key of
     :data:`~primage.dicom.export.MAPS`) -> volume node on the series grid. Returns the
     engine's :class:`ExportResult` and a reason for each map left out (a name without a
@@ -199,7 +213,7 @@ def export_result_nodes(
         maps[name] = sitk.Cast(image, sitk.sitkFloat32)
     tumour, names = (None, None)
     if tumour_node is not None:
-        tumour, names = _label_image(tumour_node, reference, "tumour")
+        tumour, names = _label_image(tumour_node, reference, "tumour", tumour_segment)
     with tempfile.TemporaryDirectory(prefix="primage-dicom-export-") as temporary:
         folder = Path(temporary)
         habitats = []
@@ -227,3 +241,83 @@ def export_result_nodes(
             deflate=deflate,
         )
     return result, skipped
+
+
+def _folder_and_pseudonym(output_folder, pseudonym: str) -> Path:
+    if not str(output_folder or "").strip():
+        raise PrimageInputError("choose the output folder for the DICOM objects")
+    if not (pseudonym or "").strip():
+        raise PrimageInputError("give the patient's pseudonym (PatientName / PatientID)")
+    return Path(output_folder)
+
+
+def export_kinetics_result(
+    result,
+    analysis: str,
+    source_node,
+    files_for_series: Callable[[str], Iterable[str]],
+    output_folder: str | Path,
+    *,
+    pseudonym: str,
+    tumour_node=None,
+    tumour_segment: str | None = None,
+) -> tuple[ExportResult, list[str]]:
+    """The nodes of one Kinetics analysis (:class:`primage.mrml.kinetics.KineticsNodes`) as
+    DICOM: its maps as Parametric Maps, its habitats (Fit-Cluster-Fit) as a SEG, and the
+    tumour (``tumour_node``, optional) as a SEG with the SR of its volume and map values.
+    ``source_node``: the series the maps lie on, loaded from DICOM (the analysed series)."""
+    folder = _folder_and_pseudonym(output_folder, pseudonym)
+    if result is None or not (result.volumes or result.segmentation is not None):
+        raise PrimageInputError("run an analysis first: there is no result to export")
+    parameter = {"fcf_adc": "adc", "fcf_iauc60": "iauc60"}.get(analysis)
+    maps = {}
+    for name, node in result.volumes.items():
+        # Fit-Cluster-Fit's confidence volume is the project's fcf_<p>_confidence map.
+        maps[f"fcf_{parameter}_confidence" if parameter and name == "confidence" else name] = node
+    habitats = {parameter: result.segmentation} if parameter and result.segmentation else {}
+    return export_result_nodes(
+        source_files_of_node(source_node, files_for_series),
+        folder,
+        pseudonym=pseudonym,
+        tumour_node=tumour_node,
+        tumour_segment=tumour_segment,
+        habitat_nodes=habitats,
+        map_nodes=maps,
+    )
+
+
+def export_pipeline_result(
+    result,
+    source_node,
+    files_for_series: Callable[[str], Iterable[str]],
+    output_folder: str | Path,
+    *,
+    pseudonym: str,
+) -> tuple[ExportResult, list[str]]:
+    """The nodes of "process this case" (:class:`primage.mrml.pipeline.PipelineNodes`) as
+    DICOM: tumour and habitat SEGs, the kinetic maps as Parametric Maps and the SR.
+    ``source_node``: the reference volume as loaded from DICOM (results lie on its grid)."""
+    folder = _folder_and_pseudonym(output_folder, pseudonym)
+    if result is None or (result.segmentation is None and not result.maps):
+        raise PrimageInputError("process the case first: there is no result to export")
+    return export_result_nodes(
+        source_files_of_node(source_node, files_for_series),
+        folder,
+        pseudonym=pseudonym,
+        tumour_node=result.segmentation,
+        habitat_nodes=dict(result.habitats),
+        map_nodes=dict(result.maps),
+    )
+
+
+def describe_export(result: ExportResult, skipped: Sequence[str]) -> str:
+    """One line for a module's status label: what was written where, and what was not."""
+    kinds = {"seg": "SEG", "pm": "Parametric Map", "sr": "SR"}
+    counts: dict[str, int] = {}
+    for obj in result.objects:
+        counts[kinds.get(obj.kind, obj.kind)] = counts.get(kinds.get(obj.kind, obj.kind), 0) + 1
+    text = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    text = f"Wrote {text} to {result.manifest.parent}"
+    if skipped:
+        text += "; not exported: " + "; ".join(skipped)
+    return text + "."

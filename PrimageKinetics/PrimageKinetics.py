@@ -4,6 +4,7 @@ import slicer
 import vtk
 from slicer import (
     vtkMRMLDiffusionWeightedVolumeNode,
+    vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
     vtkMRMLSequenceNode,
 )
@@ -57,6 +58,10 @@ from each voxel's standard error, robust refit of each habitat's mean signal).</
 The DWI is a sequence indexed by b-value or a diffusion-weighted volume; the DCE a sequence
 indexed by time (s). Their b-values / times are shown for editing. Results become new
 volumes, a segmentation (habitats), a table and a plot.
+<b>Export to DICOM</b> writes the last analysis's maps as DICOM Parametric Maps, its habitats
+and the tumour as DICOM SEG and a Structured Report (TID 1500) of the tumour volume and map
+values, referencing the series they were computed on (loaded with the DICOM module); add
+the folder to the DICOM database to send the objects to PACS.
 The same analyses run from the command line: <code>primage kinetics --help</code>.
 See <a href="https://github.com/primage-slicer/SlicerPRIMAGE">the extension documentation</a>.
 """)
@@ -89,6 +94,9 @@ class PrimageKineticsParameterNode:
     extendedTofts, signalIsConcentration, t10Tissue, t10Blood (s), flipAngle (deg),
     repetitionTime (ms), relaxivity (1/(mM s)), haematocrit - Tofts settings.
     clusters, confidence - Fit-Cluster-Fit settings.
+    dicomSource - the series the results lie on, loaded from DICOM (Export to DICOM).
+    dicomFolder, dicomPseudonym - output folder and PatientName / PatientID of the objects.
+    dicomIncludeTumour - also export the tumour segmentation (SEG and the report).
     """
 
     analysis: Annotated[str, Choice(ANALYSES)] = "adc"
@@ -115,6 +123,10 @@ class PrimageKineticsParameterNode:
     haematocrit: Annotated[float, WithinRange(0.0, 0.9)] = 0.42
     clusters: Annotated[int, WithinRange(2, 6)] = 2
     confidence: Annotated[float, WithinRange(0.5, 0.99)] = 0.70
+    dicomSource: Union[vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode, None]
+    dicomFolder: str = ""
+    dicomPseudonym: str = ""
+    dicomIncludeTumour: bool = True
 
 
 #
@@ -136,6 +148,7 @@ class PrimageKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._seriesShown = {}
         self._cancelRequested = False
+        self._lastResult = None  # (analysis, KineticsNodes) of the last run: what is exported
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -158,6 +171,7 @@ class PrimageKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
@@ -224,6 +238,11 @@ class PrimageKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         problem = self.logic.missingInput(self._parameterNode)
         self.ui.applyButton.toolTip = problem or _("Run the analysis; results become new nodes")
         self.ui.applyButton.enabled = not problem
+        problem = self.logic.missingExportInput(self._parameterNode, self._lastResult)
+        self.ui.exportButton.toolTip = problem or _(
+            "Write the last analysis's results as DICOM objects into the output folder"
+        )
+        self.ui.exportButton.enabled = not problem
 
     def onApplyButton(self) -> None:
         """Run processing when user clicks "Apply" button."""
@@ -247,7 +266,24 @@ class PrimageKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.progressBar.hide()
                 self.ui.cancelButton.enabled = False
                 self._checkCanApply()
+            self._lastResult = (self._parameterNode.analysis, result)
+            if not self._parameterNode.dicomSource:
+                # The maps lie on the analysed series: the natural source for the export.
+                self._parameterNode.dicomSource = self.logic.analysedSeries(self._parameterNode)
+            self._checkCanApply()
             self._showResult(result)
+
+    def onExportButton(self) -> None:
+        """Write the last analysis's results as DICOM (Parametric Maps, SEG, SR)."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to export to DICOM."), waitCursor=True):
+            analysis, result = self._lastResult or (None, None)
+            database = slicer.dicomDatabase  # None until the DICOM module has started
+            self.ui.statusLabel.text = self.logic.exportResults(
+                self._parameterNode,
+                analysis,
+                result,
+                database.filesForSeries if database else (lambda uid: []),
+            )
 
     def onCancelButton(self) -> None:
         """Ask the running fit to stop at its next progress report."""
@@ -318,6 +354,46 @@ class PrimageKineticsLogic(ScriptedLoadableModuleLogic):
             if not parameterNode.aifSegmentation:
                 return _("Select the AIF vessel segmentation")
         return ""
+
+    @staticmethod
+    def analysedSeries(parameterNode):
+        """The series node the selected analysis reads (DWI or DCE)."""
+        if parameterNode.analysis in DWI_ANALYSES:
+            return parameterNode.dwiNode
+        return parameterNode.dceNode
+
+    @staticmethod
+    def missingExportInput(parameterNode, lastResult) -> str:
+        """What Export to DICOM still needs ("" when ready)."""
+        if lastResult is None:
+            return _("Run an analysis first")
+        if not parameterNode.dicomSource:
+            return _("Select the source series (loaded from DICOM)")
+        if not parameterNode.dicomFolder.strip():
+            return _("Give the output folder")
+        if not parameterNode.dicomPseudonym.strip():
+            return _("Give the pseudonym")
+        return ""
+
+    def exportResults(self, parameterNode, analysis, result, filesForSeries) -> str:
+        """Write an analysis's result nodes as DICOM Parametric Maps / SEG / SR into
+        parameterNode.dicomFolder, referencing parameterNode.dicomSource's series (its files
+        from filesForSeries(seriesUID), e.g. slicer.dicomDatabase.filesForSeries). Returns a
+        one-line description. Raises ValueError (PrimageInputError) with a clear message."""
+        from primage.mrml.dicom_export import describe_export, export_kinetics_result
+
+        p = parameterNode
+        exported, skipped = export_kinetics_result(
+            result,
+            analysis,
+            p.dicomSource,
+            filesForSeries,
+            p.dicomFolder,
+            pseudonym=p.dicomPseudonym,
+            tumour_node=p.tumourSegmentation if p.dicomIncludeTumour else None,
+            tumour_segment=p.tumourSegment or None,
+        )
+        return describe_export(exported, skipped)
 
     def processParameterNode(self, parameterNode, progress=None):
         """Run the analysis set in a parameter node; returns the created nodes (KineticsNodes)."""
@@ -467,6 +543,8 @@ class PrimageKineticsTest(ScriptedLoadableModuleTest):
         self.test_PrimageKineticsParameterNode()
         self.setUp()
         self.test_PrimageKineticsBadInput()
+        self.setUp()
+        self.test_PrimageKineticsExportToDicom()
 
     def test_PrimageKineticsSharedScenario(self):
         """The scenario the pytest suite runs with slicer-core, here inside the application."""
@@ -512,4 +590,40 @@ class PrimageKineticsTest(ScriptedLoadableModuleTest):
             logic.processParameterNode(parameterNode)
         with self.assertRaises(ValueError):
             logic.process("adc", dwiNode=dwi, bValues="0, 500")  # fewer b-values than volumes
+        self.delayDisplay("Test passed")
+
+    def test_PrimageKineticsExportToDicom(self):
+        """Fit-Cluster-Fit on a DWI loaded from DICOM, then Export to DICOM through the logic:
+        habitat and tumour SEG, confidence Parametric Map and the SR."""
+        self.delayDisplay("Starting the DICOM export test")
+        import tempfile
+        from pathlib import Path
+
+        from primage.mrml.selftest import dicom_export_inputs
+
+        with tempfile.TemporaryDirectory() as folder:
+            dwi, segmentation, filesForSeries = dicom_export_inputs(slicer.mrmlScene, folder)
+            logic = PrimageKineticsLogic()
+            parameterNode = logic.getParameterNode()
+            parameterNode.analysis = "fcf_adc"
+            parameterNode.dwiNode = dwi
+            parameterNode.bValues = logic.indexValuesText(dwi)
+            parameterNode.tumourSegmentation = segmentation
+            result = logic.processParameterNode(parameterNode)
+            self.assertIn("source series", logic.missingExportInput(parameterNode, result))
+            parameterNode.dicomSource = logic.analysedSeries(parameterNode)
+            parameterNode.dicomFolder = str(Path(folder) / "out")
+            parameterNode.dicomPseudonym = "SELFTEST01"
+            self.assertEqual(logic.missingExportInput(parameterNode, result), "")
+            text = logic.exportResults(parameterNode, "fcf_adc", result, filesForSeries)
+            written = sorted(p.name for p in (Path(folder) / "out").glob("*.dcm"))
+            self.assertEqual(
+                written,
+                ["pm_fcf_adc_confidence.dcm", "seg_fcf_adc_habitats.dcm", "seg_tumour.dcm",
+                 "sr_measurements.dcm"],
+            )  # fmt: skip
+            self.assertIn("Wrote", text)
+            parameterNode.dicomPseudonym = ""
+            with self.assertRaises(ValueError):
+                logic.exportResults(parameterNode, "fcf_adc", result, filesForSeries)
         self.delayDisplay("Test passed")

@@ -142,31 +142,18 @@ def test_bad_input_is_one_clear_message(mrml_scene, series, tmp_path):
 def test_kinetics_module_result_of_a_dwi_loaded_from_dicom(mrml_scene, tmp_path):
     """The Kinetics module's path: a DWI series loaded from DICOM, Fit-Cluster-Fit on it, the
     result (habitats, confidence map) and the tumour exported against the DWI series."""
-    from primage.dicom.synthetic import split_volumes
-    from primage.mrml.dicom import load_dicom_files
     from primage.mrml.dicom_export import describe_export, export_kinetics_result
     from primage.mrml.kinetics import fcf_from_nodes
+    from primage.mrml.selftest import dicom_export_inputs
     from primage.mrml.volumes import sitk_from_volume_node
 
-    patient = make_digital_patient(
-        4, size=(16, 16, 5), spacing=(3.0, 3.0, 5.0), b_values=(0, 300, 600, 1000)
-    )
-    files = write_series(
-        tmp_path / "dwi", Study(IDENTITIES["siemens"], "SIEMENS"), split_volumes(patient.dwi),
-        description="ep2d_diff", series_number=4, b_values=[0, 300, 600, 1000],
-    )  # fmt: skip
-    nodes, skipped = load_dicom_files(mrml_scene, [str(f) for f in files])
-    assert not skipped
-    dwi = nodes["dwi"]
-    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
-    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml_scene)
-    hierarchy.SetItemUID(hierarchy.CreateItem(hierarchy.GetSceneItemID(), dwi), "DICOM", uid)
-    tumour = sitk.Cast(patient.tumour > 0, sitk.sitkUInt8)
-    segmentation = segmentation_from_label_image(tumour, mrml_scene, {1: "tumour"}, name="t")
+    dwi, segmentation, files_for_series = dicom_export_inputs(mrml_scene, tmp_path)
+    from primage.mrml.segmentations import label_images_from_segmentation
+
+    tumour = label_images_from_segmentation(segmentation)["tumour"][0]
     result = fcf_from_nodes(dwi, "adc", mask_node=segmentation)
     exported, skipped = export_kinetics_result(
-        result, "fcf_adc", dwi, lambda asked: [str(f) for f in files] if asked == uid else [],
-        tmp_path / "out", pseudonym=PSEUDONYM, tumour_node=segmentation,
+        result, "fcf_adc", dwi, files_for_series, tmp_path / "out", pseudonym=PSEUDONYM, tumour_node=segmentation,
     )  # fmt: skip
     assert skipped == []
     assert {o.path.name for o in exported.objects} == {

@@ -802,3 +802,43 @@ def pipeline_scenario(scene, background: bool = False) -> object:
     after = sitk.GetArrayFromImage(sitk_from_volume_node(t2w))
     _check(np.array_equal(before, after), "the input T2w node was modified")
     return nodes
+
+
+def dicom_export_inputs(scene, folder):
+    """A small DWI series written as DICOM into ``folder`` (an invented patient), loaded as a
+    sequence node (b-values as index) that carries its series UID in the subject hierarchy
+    as Slicer's DICOM module leaves it, a tumour segmentation on its grid, and the database
+    lookup ``files_for_series(uid)`` (as ``slicer.dicomDatabase.filesForSeries``).
+    Returns ``(dwi_node, tumour_node, files_for_series)``."""
+    from pathlib import Path
+
+    import pydicom
+
+    from primage.dicom.synthetic import IDENTITIES, Study, split_volumes, write_series
+    from primage.mrml.dicom import load_dicom_files
+    from primage.synthetic import make_digital_patient
+
+    b_values = [0, 300, 600, 1000]
+    patient = make_digital_patient(
+        4, size=(16, 16, 5), spacing=(3.0, 3.0, 5.0), b_values=tuple(b_values)
+    )
+    files = write_series(
+        Path(folder) / "dwi", Study(IDENTITIES["siemens"], "SIEMENS"),
+        split_volumes(patient.dwi), description="ep2d_diff", series_number=4, b_values=b_values,
+    )  # fmt: skip
+    nodes, skipped = load_dicom_files(scene, [str(f) for f in files])
+    _check(not skipped and "dwi" in nodes, f"the DWI series did not load: {skipped}")
+    dwi = nodes["dwi"]
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = hierarchy.GetItemByDataNode(dwi) or hierarchy.CreateItem(hierarchy.GetSceneItemID(), dwi)
+    hierarchy.SetItemUID(item, "DICOM", uid)
+    tumour = sitk.Cast(patient.tumour > 0, sitk.sitkUInt8)
+    segmentation = segmentation_from_label_image(
+        tumour, scene, {1: "tumour"}, name="selftest DICOM tumour"
+    )
+
+    def files_for_series(asked: str) -> list[str]:
+        return [str(f) for f in files] if asked == uid else []
+
+    return dwi, segmentation, files_for_series

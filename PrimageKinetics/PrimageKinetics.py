@@ -602,7 +602,9 @@ class PrimageKineticsTest(ScriptedLoadableModuleTest):
         from primage.mrml.selftest import dicom_export_inputs
 
         with tempfile.TemporaryDirectory() as folder:
-            dwi, segmentation, filesForSeries = dicom_export_inputs(slicer.mrmlScene, folder)
+            inputs = dicom_export_inputs(slicer.mrmlScene, folder)
+            dwi, segmentation = inputs["dwi"], inputs["tumour"]
+            filesForSeries = inputs["files_for_series"]
             logic = PrimageKineticsLogic()
             parameterNode = logic.getParameterNode()
             parameterNode.analysis = "fcf_adc"

@@ -51,6 +51,10 @@ features) on the selected volumes, with the same configuration file and the same
 cohort command line. Every result becomes a node: preprocessed and registered volumes (4D
 series as sequences), transforms with their QC, the tumour segmentation, parameter maps,
 habitat segmentations, a registration QC table and a features table.
+<b>Export to DICOM</b> writes the last processed case as DICOM SEG (tumour, habitats),
+Parametric Maps (ADC, iAUC60, Ktrans, ...) and a Structured Report (TID 1500: tumour volume,
+map values), referencing the reference volume's series (loaded with the DICOM module); add
+the folder to the DICOM database to send the objects to PACS.
 For a whole cohort use the command line: <code>primage pipeline run --help</code>.
 """)
         self.parent.acknowledgementText = _("""
@@ -80,6 +84,8 @@ class PrimagePipelineParameterNode:
     caseName - prefix of the result nodes (never a patient name).
     configFile - pipeline configuration (YAML); empty: the built-in defaults.
     outputFolder - folder keeping the case outputs for reuse; empty: a temporary folder.
+    dicomSource - the reference volume as loaded from DICOM (Export to DICOM).
+    dicomFolder, dicomPseudonym - output folder and PatientName / PatientID of the objects.
     """
 
     t2wVolume: vtkMRMLScalarVolumeNode
@@ -92,6 +98,9 @@ class PrimagePipelineParameterNode:
     caseName: str = "case"
     configFile: str = ""
     outputFolder: str = ""
+    dicomSource: vtkMRMLScalarVolumeNode
+    dicomFolder: str = ""
+    dicomPseudonym: str = ""
 
 
 #
@@ -113,6 +122,7 @@ class PrimagePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._timer = None
+        self._lastResult = None  # PipelineNodes of the last processed case: what is exported
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -133,6 +143,7 @@ class PrimagePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -199,6 +210,11 @@ class PrimagePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.ui.applyButton.toolTip = _("Run the configured chain on the selected volumes")
             self.ui.applyButton.enabled = True
+        problem = self.logic.missingExportInput(node, self._lastResult) if node else "-"
+        self.ui.exportButton.toolTip = problem or _(
+            "Write the last processed case as DICOM objects into the output folder"
+        )
+        self.ui.exportButton.enabled = not problem and self._job is None
 
     def onApplyButton(self) -> None:
         """Start the chain in a separate process when the user clicks "Process this case"."""
@@ -227,10 +243,22 @@ class PrimagePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
         with slicer.util.tryWithErrorDisplay(_("Failed to process the case."), waitCursor=True):
             result = self.logic.finishCase(self._parameterNode, job)
+            self._lastResult = result
+            self._checkCanApply()
             self.ui.statusLabel.text = self.logic.describe(result)
             reference = result.volumes.get("t2w") or next(iter(result.volumes.values()), None)
             if reference is not None:
                 slicer.util.setSliceViewerLayers(background=reference, fit=True)
+
+    def onExportButton(self) -> None:
+        """Write the last processed case as DICOM (SEG, Parametric Maps, SR)."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to export to DICOM."), waitCursor=True):
+            database = slicer.dicomDatabase  # None until the DICOM module has started
+            self.ui.statusLabel.text = self.logic.exportResults(
+                self._parameterNode,
+                self._lastResult,
+                database.filesForSeries if database else (lambda uid: []),
+            )
 
     def onCancelButton(self) -> None:
         """Stop the running job (its process is killed, no result node is added)."""
@@ -358,6 +386,36 @@ class PrimagePipelineLogic(ScriptedLoadableModuleLogic):
         )
 
     @staticmethod
+    def missingExportInput(parameterNode, lastResult) -> str:
+        """What Export to DICOM still needs ("" when ready)."""
+        if lastResult is None:
+            return _("Process the case first")
+        if not parameterNode.dicomSource:
+            return _("Select the reference volume as loaded from DICOM")
+        if not parameterNode.dicomFolder.strip():
+            return _("Give the output folder")
+        if not parameterNode.dicomPseudonym.strip():
+            return _("Give the pseudonym")
+        return ""
+
+    def exportResults(self, parameterNode, result, filesForSeries) -> str:
+        """Write a processed case's nodes (PipelineNodes) as DICOM SEG / Parametric Maps / SR
+        into parameterNode.dicomFolder, referencing parameterNode.dicomSource's series (its
+        files from filesForSeries(seriesUID), e.g. slicer.dicomDatabase.filesForSeries).
+        Returns a one-line description. Raises ValueError (PrimageInputError) on bad input."""
+        from primage.mrml.dicom_export import describe_export, export_pipeline_result
+
+        self._require(parameterNode)
+        exported, skipped = export_pipeline_result(
+            result,
+            parameterNode.dicomSource,
+            filesForSeries,
+            parameterNode.dicomFolder,
+            pseudonym=parameterNode.dicomPseudonym,
+        )
+        return describe_export(exported, skipped)
+
+    @staticmethod
     def describe(result) -> str:
         """One line for the status label: the case status and what was created."""
         summary = result.summary
@@ -392,6 +450,8 @@ class PrimagePipelineTest(ScriptedLoadableModuleTest):
         self.test_PrimagePipelineBackgroundJob()
         self.setUp()
         self.test_PrimagePipelineBadInput()
+        self.setUp()
+        self.test_PrimagePipelineExportToDicom()
 
     def test_PrimagePipelineSharedScenario(self):
         """The scenario the pytest suite runs with slicer-core, here inside the application."""
@@ -425,4 +485,41 @@ class PrimagePipelineTest(ScriptedLoadableModuleTest):
             logic.processParameterNode(parameterNode)
         with self.assertRaises(ValueError):
             logic.startCase(parameterNode)
+        self.delayDisplay("Test passed")
+
+    def test_PrimagePipelineExportToDicom(self):
+        """Process a case loaded from DICOM (T2w, DWI), then Export to DICOM through the logic:
+        tumour and habitat SEG, ADC Parametric Map and the SR, referencing the T2w series."""
+        self.delayDisplay("Starting the DICOM export test")
+        import tempfile
+        from pathlib import Path
+
+        from primage.mrml.selftest import dicom_export_inputs
+
+        with tempfile.TemporaryDirectory() as folder:
+            inputs = dicom_export_inputs(slicer.mrmlScene, folder)
+            config = Path(folder) / "config.yaml"
+            config.write_text("steps: [segment, kinetics]\nkinetics: {dce: {enabled: false}}\n")
+            logic = PrimagePipelineLogic()
+            parameterNode = logic.getParameterNode()
+            parameterNode.t2wVolume = inputs["t2w"]
+            parameterNode.dwiNode = inputs["dwi"]
+            parameterNode.tumourNode = inputs["tumour"]
+            parameterNode.configFile = str(config)
+            result = logic.processParameterNode(parameterNode)
+            self.assertIn("reference volume", logic.missingExportInput(parameterNode, result))
+            parameterNode.dicomSource = inputs["t2w"]
+            parameterNode.dicomFolder = str(Path(folder) / "out")
+            parameterNode.dicomPseudonym = "SELFTEST02"
+            self.assertEqual(logic.missingExportInput(parameterNode, result), "")
+            text = logic.exportResults(parameterNode, result, inputs["files_for_series"])
+            written = sorted(p.name for p in (Path(folder) / "out").glob("*.dcm"))
+            self.assertEqual(
+                written,
+                ["pm_adc.dcm", "seg_fcf_adc_habitats.dcm", "seg_tumour.dcm",
+                 "sr_measurements.dcm"],
+            )  # fmt: skip
+            self.assertIn("Wrote", text)
+            with self.assertRaises(ValueError):
+                logic.exportResults(parameterNode, None, inputs["files_for_series"])
         self.delayDisplay("Test passed")

@@ -147,7 +147,12 @@ def test_kinetics_module_result_of_a_dwi_loaded_from_dicom(mrml_scene, tmp_path)
     from primage.mrml.selftest import dicom_export_inputs
     from primage.mrml.volumes import sitk_from_volume_node
 
-    dwi, segmentation, files_for_series = dicom_export_inputs(mrml_scene, tmp_path)
+    inputs = dicom_export_inputs(mrml_scene, tmp_path)
+    dwi, segmentation, files_for_series = (
+        inputs["dwi"],
+        inputs["tumour"],
+        inputs["files_for_series"],
+    )
     from primage.mrml.segmentations import label_images_from_segmentation
 
     tumour = label_images_from_segmentation(segmentation)["tumour"][0]
@@ -171,3 +176,36 @@ def test_kinetics_module_result_of_a_dwi_loaded_from_dicom(mrml_scene, tmp_path)
     assert leaks(list((tmp_path / "out").iterdir())) == []
     with pytest.raises(PrimageInputError, match="pseudonym"):
         export_kinetics_result(result, "fcf_adc", dwi, lambda asked: [], tmp_path, pseudonym="")
+
+
+def test_pipeline_module_result_exported_against_the_reference(mrml_scene, tmp_path):
+    """The Pipeline module's path: "process this case" on a T2w and a DWI loaded from DICOM,
+    then its result nodes (tumour, ADC map, ADC habitats) exported against the T2w series."""
+    from primage.mrml.dicom_export import export_pipeline_result
+    from primage.mrml.pipeline import process_case_nodes
+    from primage.mrml.selftest import dicom_export_inputs
+    from primage.mrml.volumes import sitk_from_volume_node
+
+    inputs = dicom_export_inputs(mrml_scene, tmp_path)
+    config = {"steps": ["segment", "kinetics"], "kinetics": {"dce": {"enabled": False}}}
+    nodes = process_case_nodes(
+        {"t2w": inputs["t2w"], "dwi": inputs["dwi"]}, inputs["tumour"], config=config,
+        case_name="P1",
+    )  # fmt: skip
+    assert nodes.summary["status"] != "failed", nodes.summary["message"]
+    exported, skipped = export_pipeline_result(
+        nodes, inputs["t2w"], inputs["files_for_series"], tmp_path / "out", pseudonym=PSEUDONYM
+    )
+    assert skipped == []
+    assert {o.path.name for o in exported.objects} == {
+        "seg_tumour.dcm", "seg_fcf_adc_habitats.dcm", "pm_adc.dcm", "sr_measurements.dcm"
+    }  # fmt: skip
+    adc = sitk_from_volume_node(nodes.maps["adc"], world=True)
+    pm, _ = values_on_grid(pm_values(tmp_path / "out" / "pm_adc.dcm"), adc, fill=np.nan)
+    assert np.array_equal(pm, sitk.GetArrayFromImage(adc).astype(np.float32))
+    from primage.mrml.dicom import series_uid_of_node
+
+    t2w_uid = series_uid_of_node(inputs["t2w"])
+    seg = pydicom.dcmread(tmp_path / "out" / "seg_tumour.dcm", stop_before_pixels=True)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == t2w_uid
+    assert leaks(list((tmp_path / "out").iterdir())) == []

@@ -804,12 +804,13 @@ def pipeline_scenario(scene, background: bool = False) -> object:
     return nodes
 
 
-def dicom_export_inputs(scene, folder):
-    """A small DWI series written as DICOM into ``folder`` (an invented patient), loaded as a
-    sequence node (b-values as index) that carries its series UID in the subject hierarchy
-    as Slicer's DICOM module leaves it, a tumour segmentation on its grid, and the database
-    lookup ``files_for_series(uid)`` (as ``slicer.dicomDatabase.filesForSeries``).
-    Returns ``(dwi_node, tumour_node, files_for_series)``."""
+def dicom_export_inputs(scene, folder) -> dict:
+    """A small study written as DICOM into ``folder`` (an invented patient): a T2w series
+    and a DWI series on one grid, loaded as a volume node and a sequence node (b-values as
+    index) that carry their series UIDs in the subject hierarchy as Slicer's DICOM module
+    leaves them, a tumour segmentation on that grid, and the database lookup
+    ``files_for_series(uid)`` (as ``slicer.dicomDatabase.filesForSeries``).
+    Returns ``{"t2w", "dwi", "tumour", "files_for_series"}``."""
     from pathlib import Path
 
     import pydicom
@@ -822,23 +823,34 @@ def dicom_export_inputs(scene, folder):
     patient = make_digital_patient(
         4, size=(16, 16, 5), spacing=(3.0, 3.0, 5.0), b_values=tuple(b_values)
     )
-    files = write_series(
-        Path(folder) / "dwi", Study(IDENTITIES["siemens"], "SIEMENS"),
-        split_volumes(patient.dwi), description="ep2d_diff", series_number=4, b_values=b_values,
-    )  # fmt: skip
-    nodes, skipped = load_dicom_files(scene, [str(f) for f in files])
-    _check(not skipped and "dwi" in nodes, f"the DWI series did not load: {skipped}")
-    dwi = nodes["dwi"]
-    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    study = Study(IDENTITIES["siemens"], "SIEMENS")
+    written = {
+        "t2w": write_series(
+            Path(folder) / "t2w", study, [patient.t2w], description="t2_tse_tra",
+            series_number=2, attributes={"EchoTime": "100", "RepetitionTime": "4000"},
+        ),
+        "dwi": write_series(
+            Path(folder) / "dwi", study, split_volumes(patient.dwi), description="ep2d_diff",
+            series_number=4, b_values=b_values,
+        ),
+    }  # fmt: skip
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    item = hierarchy.GetItemByDataNode(dwi) or hierarchy.CreateItem(hierarchy.GetSceneItemID(), dwi)
-    hierarchy.SetItemUID(item, "DICOM", uid)
+    by_uid: dict[str, list[str]] = {}
+    result: dict = {}
+    for role, files in written.items():
+        nodes, skipped = load_dicom_files(scene, [str(f) for f in files])
+        _check(not skipped and role in nodes, f"the {role} series did not load: {skipped}")
+        uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+        by_uid[uid] = [str(f) for f in files]
+        node = nodes[role]
+        item = hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(
+            hierarchy.GetSceneItemID(), node
+        )
+        hierarchy.SetItemUID(item, "DICOM", uid)
+        result[role] = node
     tumour = sitk.Cast(patient.tumour > 0, sitk.sitkUInt8)
-    segmentation = segmentation_from_label_image(
+    result["tumour"] = segmentation_from_label_image(
         tumour, scene, {1: "tumour"}, name="selftest DICOM tumour"
     )
-
-    def files_for_series(asked: str) -> list[str]:
-        return [str(f) for f in files] if asked == uid else []
-
-    return dwi, segmentation, files_for_series
+    result["files_for_series"] = lambda uid: list(by_uid.get(uid, []))
+    return result

@@ -187,12 +187,23 @@ def test_pipeline_module_result_exported_against_the_reference(mrml_scene, tmp_p
     from primage.mrml.volumes import sitk_from_volume_node
 
     inputs = dicom_export_inputs(mrml_scene, tmp_path)
-    config = {"steps": ["segment", "kinetics"], "kinetics": {"dce": {"enabled": False}}}
+    (tmp_path / "inventory.csv").write_text("series_id,series_uid\n")
+    config = {
+        "steps": ["segment", "kinetics"],
+        "kinetics": {"dce": {"enabled": False}},
+        # Scene nodes have no DICOM source in case.json: the pipeline's step is left out.
+        "export": {
+            "dicom": True,
+            "dicom_source": str(tmp_path),
+            "inventory": str(tmp_path / "inventory.csv"),
+        },
+    }
     nodes = process_case_nodes(
         {"t2w": inputs["t2w"], "dwi": inputs["dwi"]}, inputs["tumour"], config=config,
         case_name="P1",
     )  # fmt: skip
     assert nodes.summary["status"] != "failed", nodes.summary["message"]
+    assert "dicom" not in {row["step"] for row in nodes.summary["steps"]}
     exported, skipped = export_pipeline_result(
         nodes, inputs["t2w"], inputs["files_for_series"], tmp_path / "out", pseudonym=PSEUDONYM
     )

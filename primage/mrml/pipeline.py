@@ -96,6 +96,9 @@ def _prepare(
     from primage.pipeline.config import load_config, validate_config
 
     config = validate_config(config) if isinstance(config, dict) else load_config(config)
+    # A case made of scene nodes has no DICOM source in case.json: the modules export with
+    # their own Export to DICOM (primage.mrml.dicom_export) instead of the pipeline's step.
+    config["export"]["dicom"] = False
     check_case_id(case_name)
     reference = config["reference"]
     volume_nodes = {role: node for role, node in volume_nodes.items() if node is not None}

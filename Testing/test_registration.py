@@ -228,6 +228,7 @@ def test_moving_equal_to_fixed_gives_the_identity(pair):
     )
     assert result.identical_inputs
     assert transform_error(result.transform, sitk.Transform(), fixed)["max_mm"] == 0.0
+    assert result.kept_start and "nothing to optimise" in result.acceptance["reason"]
     assert all("identity" in stage["skipped"] for stage in result.stages)
 
 

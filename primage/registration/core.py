@@ -352,7 +352,10 @@ def register_images(
 
     result_transform = compose([*outer, *parts])
     if identical:
-        acceptance = {"kept": "optimised", "reason": "moving image equals fixed image: identity"}
+        acceptance = {
+            "kept": "start",
+            "reason": "the moving image equals the fixed image: the identity, nothing to optimise",
+        }
     else:
         acceptance = _accept(scorer, compose(start_parts()), result_transform, settings["seed"])
         if acceptance["kept"] == "start":

@@ -195,6 +195,7 @@ class PrimageKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
+        self._lastResult = None  # its nodes go with the scene
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -223,6 +224,7 @@ class PrimageKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _checkCanApply(self, caller=None, event=None) -> None:
         if not self._parameterNode:
             self.ui.applyButton.enabled = False
+            self.ui.exportButton.enabled = False
             return
         # A newly selected series shows its b-values / times, which the user may then edit.
         for field, textField in (("dwiNode", "bValues"), ("dceNode", "frameTimes")):
@@ -267,9 +269,10 @@ class PrimageKineticsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.cancelButton.enabled = False
                 self._checkCanApply()
             self._lastResult = (self._parameterNode.analysis, result)
-            if not self._parameterNode.dicomSource:
+            series = self.logic.analysedSeries(self._parameterNode)
+            if not self._parameterNode.dicomSource and series is not None:
                 # The maps lie on the analysed series: the natural source for the export.
-                self._parameterNode.dicomSource = self.logic.analysedSeries(self._parameterNode)
+                self._parameterNode.dicomSource = series
             self._checkCanApply()
             self._showResult(result)
 

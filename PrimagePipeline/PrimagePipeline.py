@@ -170,6 +170,7 @@ class PrimagePipelineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
+        self._lastResult = None  # its nodes go with the scene
         # A running job would add its results to the scene being closed: stop it.
         self.onCancelButton()
         self.setParameterNode(None)

@@ -213,6 +213,8 @@ def test_results_off_the_source_grid_are_refused_with_the_reason(study, tmp_path
     summary = result.summaries[0]
     assert summary["status"] == "failed" and summary["failed_step"] == "dicom"
     assert "not on the source series' voxel grid" in summary["message"]
+    # The export runs last: its failure leaves the report's figures.
+    assert {r["step"]: r["state"] for r in summary["steps"]}["figures"] == "done"
     assert not list((tmp_path / "out" / case.case_id / "dicom").glob("*.dcm"))
 
 

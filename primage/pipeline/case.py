@@ -1,8 +1,9 @@
 """One case's step chain (the unit of work a Dask worker runs), its status, provenance and summary.
 
-:func:`run_case` runs the configured steps in order, then ``figures``. A step that fails
-stops this case only: the error (step, message) goes to ``status.json`` and the summary,
-the traceback to ``OUT/<case>/error.log``, and the later steps are marked ``blocked``.
+:func:`run_case` runs the configured steps in order, then ``figures`` (then ``dicom``
+with ``export.dicom``). A step that fails stops this case only: the error (step, message)
+goes to ``status.json`` and the summary, the traceback to ``OUT/<case>/error.log``, and
+the later steps are marked ``blocked``.
 Written per case: ``status.json`` (live, after every change), ``provenance.json``
 (versions, configuration, input checksums, timings, host) and ``summary.json`` (what
 ``features.csv`` and ``report.html`` are built from). Nothing identifying is copied: the
@@ -56,10 +57,10 @@ def package_versions() -> dict[str, str]:
 
 
 def chain(config: dict[str, Any]) -> list[str]:
-    """The steps a case goes through: the configured ones, ``dicom`` when
-    ``export.dicom`` is on, then ``figures``."""
+    """The steps a case goes through: the configured ones, ``figures``, then ``dicom`` when
+    ``export.dicom`` is on (last, so that a failed export leaves the report's figures)."""
     export = ["dicom"] if config.get("export", {}).get("dicom") else []
-    return [*config["steps"], *export, "figures"]
+    return [*config["steps"], "figures", *export]
 
 
 class CaseStatus:

@@ -959,7 +959,8 @@ def step_dicom(ctx: CaseContext, progress) -> StepOutcome:
     return outcome
 
 
-#: The step functions by name (``figures`` always runs last and is not configurable).
+#: The step functions by name (``figures`` runs after the configured steps and is not
+#: configurable; ``dicom`` after it when ``export.dicom`` is on).
 STEPS: dict[str, Callable[[CaseContext, Any], StepOutcome]] = {
     "preprocess": step_preprocess,
     "register": step_register,

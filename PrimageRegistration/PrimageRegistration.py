@@ -26,7 +26,7 @@ from slicer.util import VTKObservationMixin
 # engine. The engine is imported lazily, inside the Logic, so that loading the module at
 # Slicer start-up stays fast and a broken engine install shows up as a clear error on Apply.
 
-PRESETS = ["mr-mr", "mr-ct", "pet-ct", "dwi-to-t2", "dce-to-t2"]
+PRESETS = ["mr-mr", "mr-ct", "mr-ct-rigid", "pet-ct", "dwi-to-t2", "dce-to-t2"]
 
 
 class RegistrationCancelled(Exception):
@@ -53,7 +53,7 @@ class PrimageRegistration(ScriptedLoadableModule):
 Intra-patient multi-modal registration as in the PRIMAGE project: T2w, DWI, DCE, CT and
 PET of one child into one space. Rigid, then affine, then B-spline stages, each
 multi-resolution, with Mattes mutual information for multi-modal pairs; presets per pair
-(mr-mr, mr-ct, pet-ct, dwi-to-t2, dce-to-t2). The result is a transform applied (not
+(mr-mr, mr-ct, mr-ct-rigid, pet-ct, dwi-to-t2, dce-to-t2). The result is a transform applied (not
 hardened) to the moving volume, so it can be toggled, an optional resampled volume, and
 quality control: mutual information and correlation before/after, Dice of the masks, the
 Jacobian of a B-spline, and a verdict. When the verdict is "review", rerun with masks of

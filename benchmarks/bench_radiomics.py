@@ -1,14 +1,16 @@
 """Benchmark: the `full` radiomics preset on 8 (image, segment) pairs, plain pyradiomics vs primage.
 
 Plain pyradiomics runs the 8 pairs one after the other in one process
-(``RadiomicsFeatureExtractor(params).execute(image, mask, label=N)``); the project runs
-the same 8 pairs in one call of :func:`primage.radiomics.extraction.extract`, which
-spreads them over worker processes (one per CPU). Then one pair alone, both ways, gives
-the project's overhead (checks, bookkeeping) over plain pyradiomics.
+(``RadiomicsFeatureExtractor(params).execute(image, mask, label=N)``, each pair with the
+parameters primage uses for it: the CT images get the CT modality's settings); the project
+runs the same 8 pairs in one call of :func:`primage.radiomics.extraction.run_tasks`, which
+shares them between this process and worker processes (one per CPU in all), largest
+first. The features of both are compared. Then one pair alone, both ways, gives the
+project's overhead (checks, bookkeeping) over plain pyradiomics.
 
 Data: digital patients (``primage.synthetic``), 96 x 96 x 40 voxels of 1.5 x 1.5 x 4 mm;
 pairs = 2 patients x 2 images (T2w, CT) x 2 regions (whole tumour, necrotic core).
-Targets (issue 8): >= 1.7x faster than serial on 2 cores; overhead < 5 % for one pair.
+Targets (issues 8 and 14): >= 1.7x faster than serial on 2 cores; overhead < 5 % for one pair.
 
 Usage: ``.venv/bin/python benchmarks/bench_radiomics.py [--preset full] [--rounds 2] [--repeat 5]``.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -52,30 +55,45 @@ def make_pairs(folder: Path) -> list[tuple[str, str, str, int]]:
     return pairs
 
 
-def plain(pairs, params) -> float:
-    """Seconds for plain pyradiomics, one pair after the other."""
-    from radiomics.featureextractor import RadiomicsFeatureExtractor
-
-    start = time.perf_counter()
-    for _, image, mask, label in pairs:
-        RadiomicsFeatureExtractor(params).execute(image, mask, label=label)
-    return time.perf_counter() - start
-
-
-def project(pairs, parameters, workers=None) -> float:
-    """Seconds for primage: all pairs in one extract() call per mask file."""
-    from primage.radiomics.extraction import Region, build_tasks, run_tasks
+def make_tasks(pairs, parameters):
+    """One task per pair, as primage builds them (an image named ``*_ct`` gets the CT
+    modality's settings); plain pyradiomics is given each task's own parameters."""
+    from primage.radiomics.extraction import Region, build_tasks
 
     tasks = []
     for name, image, mask, label in pairs:
         tasks += build_tasks({name: image}, [Region(str(label), mask, label)], parameters)
+    return tasks
+
+
+def plain(tasks, cpu: list | None = None) -> tuple[float, list[dict]]:
+    """Seconds for plain pyradiomics, one pair after the other, and the features; appends
+    the CPU seconds of this process (all threads) to ``cpu``."""
+    from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+    start, start_cpu = time.perf_counter(), time.process_time()
+    values = [
+        RadiomicsFeatureExtractor(t.params).execute(t.image, t.mask, label=t.label) for t in tasks
+    ]
+    seconds = time.perf_counter() - start
+    if cpu is not None:
+        cpu.append(time.process_time() - start_cpu)
+    return seconds, [
+        {k: float(v) for k, v in row.items() if not k.startswith("diagnostics")} for row in values
+    ]
+
+
+def project(tasks, workers=None) -> tuple[float, list]:
+    """Seconds for primage: all pairs in one run_tasks() call, and the results."""
+    from primage.radiomics.extraction import run_tasks
+
     start = time.perf_counter()
     results = run_tasks(tasks, workers=workers)
     seconds = time.perf_counter() - start
     failed = [r.error for r in results if not r.ok]
     if failed:
         raise SystemExit(f"extraction failed: {failed[0]}")
-    return seconds
+    return seconds, results
 
 
 def _list(values) -> str:
@@ -96,39 +114,54 @@ def main() -> int:
     args = parser.parse_args()
     radiomics.setVerbosity(logging.CRITICAL + 1)
     parameters = load_params(args.preset)
-    # The same parameter dictionary both ways (image names here carry no modality).
     params = parameters.params
     with tempfile.TemporaryDirectory() as folder:
-        pairs = make_pairs(Path(folder))
+        tasks = make_tasks(make_pairs(Path(folder)), parameters)
         print(
-            f"{len(pairs)} pairs, preset {args.preset} ({enabled_feature_count(params)} "
-            f"features each), {available_cpus()} CPUs"
+            f"{len(tasks)} pairs, preset {args.preset} ({enabled_feature_count(params)} "
+            f"features each), {available_cpus()} CPUs, 1-minute load {os.getloadavg()[0]:.2f}"
         )
         # Interleaved rounds, best of each: a shared machine's noise only ever slows a run.
-        serial_times, parallel_times = [], []
+        serial_times, parallel_times, busy, serial_cpu = [], [], [], []
+        same = True
         for _ in range(args.rounds):
-            serial_times.append(plain(pairs, params))
-            parallel_times.append(project(pairs, parameters))
+            seconds, expected = plain(tasks, serial_cpu)
+            serial_times.append(seconds)
+            seconds, results = project(tasks)
+            parallel_times.append(seconds)
+            same &= [r.features for r in results] == expected
+            busy.append(sum(float(r.diagnostics["diagnostics_primage_seconds"]) for r in results))
         serial, parallel = min(serial_times), min(parallel_times)
-        print(f"plain pyradiomics, serial: {serial:7.1f} s  (rounds: {_list(serial_times)})")
-        print(f"primage, one run:          {parallel:7.1f} s  (rounds: {_list(parallel_times)})")
+        print(f"plain pyradiomics, serial: {serial:7.2f} s  (rounds: {_list(serial_times)})")
+        share = statistics.median(c / w for c, w in zip(serial_cpu, serial_times, strict=True))
+        print(
+            f"  its CPU seconds: {_list(serial_cpu)}, CPU / wall {share:.2f} (above 1 where "
+            "ITK's multi-threaded filters use the second core inside plain pyradiomics)"
+        )
+        print(f"primage, one run:          {parallel:7.2f} s  (rounds: {_list(parallel_times)})")
+        print(
+            f"  primage's tasks took {_list(busy)} s in all (both processes): the work a "
+            "perfect split would halve"
+        )
         ratios = [s / p for s, p in zip(serial_times, parallel_times, strict=True)]
         print(
             f"speed-up: {serial / parallel:.2f}x best vs best, {statistics.median(ratios):.2f}x "
-            f"median of the rounds' ratios (target >= 1.7x on 2 cores)"
+            f"median of the rounds' ratios (range {min(ratios):.2f}-{max(ratios):.2f}; target "
+            f">= 1.7x on 2 cores); features identical to plain pyradiomics: {same}"
         )
 
-        one = pairs[:1]
+        one = tasks[:1]
         plain_times, project_times = [], []
         for _ in range(args.repeat):
-            plain_times.append(plain(one, params))
-            project_times.append(project(one, parameters, workers=1))
+            plain_times.append(plain(one)[0])
+            project_times.append(project(one, workers=1)[0])
         base, ours = statistics.median(plain_times), statistics.median(project_times)
         print(
             f"one pair (median of {args.repeat}): plain {base:.2f} s, primage {ours:.2f} s, "
             f"overhead {100 * (ours - base) / base:+.1f} % (target < 5 %); best: plain "
             f"{min(plain_times):.2f} s, primage {min(project_times):.2f} s"
         )
+        print(f"1-minute load at the end {os.getloadavg()[0]:.2f}")
     return 0
 
 

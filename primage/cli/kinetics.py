@@ -95,9 +95,15 @@ def register(subparsers) -> None:
     )
     adc.add_argument(
         "--method",
-        choices=("nlls", "wls"),
+        choices=("nlls", "wls", "rician"),
         default="nlls",
-        help="non-linear least squares (default) or log-linear weighted least squares",
+        help="non-linear least squares (default), log-linear weighted least squares, or the "
+        "Rician-expectation fit (not biased low near the noise floor; needs --noise-sigma)",
+    )
+    adc.add_argument(
+        "--noise-sigma",
+        type=float,
+        help="magnitude noise SD in signal units (for --method rician), e.g. from the air",
     )
     common(adc)
     adc.set_defaults(handler=run_adc)
@@ -183,6 +189,12 @@ def register(subparsers) -> None:
         "--confidence", type=float, default=0.70, help="confidence threshold (default 0.70)"
     )
     fcf.add_argument("--baseline-frames", type=int, help="DCE baseline frames")
+    fcf.add_argument(
+        "--noise-sigma",
+        type=float,
+        help="ADC: magnitude noise SD in signal units if known (default: estimated per voxel "
+        "from the fit residuals)",
+    )
     common(fcf, mask_required=True)
     fcf.set_defaults(handler=run_fcf)
 
@@ -269,6 +281,7 @@ def run_adc(args: argparse.Namespace) -> int:
         bmax=args.bmax,
         average=args.average,
         method=args.method,
+        noise_sigma=args.noise_sigma,
         progress=_progress(args),
     )
     _write_maps(result.maps, paths, {"r2": "adc_r2"})
@@ -402,6 +415,7 @@ def run_fcf(args: argparse.Namespace) -> int:
         clusters=args.clusters,
         confidence=args.confidence,
         baseline_frames=args.baseline_frames,
+        noise_sigma=args.noise_sigma,
         progress=_progress(args),
     )
     write_image(result.habitats, paths["habitats.nii.gz"])

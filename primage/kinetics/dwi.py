@@ -438,9 +438,13 @@ def adc_maps(
     average: str = "none",
     method: str = "nlls",
     bounds: tuple[float, float] = ADC_BOUNDS,
+    noise_sigma: float | None = None,
     progress=None,
 ) -> DwiMaps:
     """ADC, its standard error, S0 and R^2 maps of a 4D DWI series (last axis = b).
+
+    ``method="rician"`` fits the Rician expectation of the magnitudes and needs
+    ``noise_sigma``, the magnitude noise SD in signal units (e.g. from the air).
 
     With a mask only its voxels are fitted and the summary gets ROI statistics of the
     ADC and the fit of the ROI-mean signal. Voxels that cannot be fitted (non-positive
@@ -450,6 +454,12 @@ def adc_maps(
 
     from primage.kinetics.series import KineticsWarning
 
+    if method == "rician" and (noise_sigma is None or not noise_sigma > 0):
+        raise PrimageInputError(
+            "the Rician ADC fit needs the magnitude noise SD (noise_sigma / --noise-sigma > 0, "
+            "in signal units)"
+        )
+    sigma = noise_sigma if method == "rician" else None
     voxels, b_values, keep = _prepare_dwi(series_image, b_values, mask, bmin, bmax, average)
     n = voxels.voxels
     out = {name: np.full(n, np.nan) for name in ("adc", "adc_se", "s0", "r2")}
@@ -458,7 +468,7 @@ def adc_maps(
 
     def work(start: int, stop: int) -> AdcFit:
         signal, b = _chunk_signal(voxels, start, stop, keep, b_values, average)
-        return fit_adc(signal, b, method=method, bounds=bounds)
+        return fit_adc(signal, b, method=method, bounds=bounds, sigma=sigma)
 
     for start, stop, fit in map_chunks(voxels, work, progress=progress, label="ADC"):
         out["adc"][start:stop] = fit.adc
@@ -478,6 +488,7 @@ def adc_maps(
         "parameter": "ADC",
         "unit": ADC_UNIT,
         "method": method,
+        "noise_sigma": sigma,
         "b_values_s_per_mm2": [float(v) for v in b_values],
         "b_values_used_s_per_mm2": [float(v) for v in used_b],
         "bmin": bmin,
@@ -496,7 +507,9 @@ def adc_maps(
         }
         mean = voxels.mean_signal()[keep]
         mean_signal, mean_b = average_repeated(mean[None, :], b_values[keep], average)
-        roi_fit = fit_adc(mean_signal, mean_b, method=method, bounds=bounds)
+        # A mean of magnitudes keeps their Rician expectation (floor included) with less
+        # scatter: the same model and sigma apply.
+        roi_fit = fit_adc(mean_signal, mean_b, method=method, bounds=bounds, sigma=sigma)
         summary["roi"]["mean_signal_fit"] = {
             "adc": float(roi_fit.adc[0]),
             "adc_se": float(roi_fit.adc_se[0]),

@@ -344,22 +344,6 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
     return path
 
 
-def write_text(text: str, path: str | os.PathLike) -> Path:
-    """Write a text file atomically (temporary file, then rename)."""
-    path = Path(path)
-    handle, temporary = _atomic_target(path)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temporary, _file_mode())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
-
-
 def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
     """Write binary data (e.g. an encoded DICOM object) atomically."""
     path = Path(path)
@@ -374,6 +358,11 @@ def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
             os.unlink(temporary)
         raise
     return path
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file (UTF-8) atomically (temporary file, then rename)."""
+    return write_bytes(text.encode("utf-8"), path)
 
 
 def write_json(data: object, path: str | os.PathLike) -> Path:

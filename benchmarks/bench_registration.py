@@ -40,7 +40,8 @@ tools: ``--fixed-mask`` for primage, ``fixed_mask`` for elastix). MI is then the
 mutual information over that region, where each tool's result is compared with the truth.
 
 Run: ``pip install -e .[bench]`` then ``make benchmark`` or
-``python benchmarks/bench_registration.py [--repeats N] [--cases mni-rigid,...,sts-003,sts-pet]``.
+``python benchmarks/bench_registration.py [--repeats N] [--cases mni-rigid,...,sts-003,sts-pet]
+[--region-mm 30]``.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ VERSIONS = {
     "preprocess": "1",
     "register": "2",
     "segment": "1",
-    "kinetics": "1",
+    "kinetics": "2",
     "radiomics": "1",
     "figures": "1",
     "dicom": "1",
@@ -585,6 +585,43 @@ def _tumour_values(image: sitk.Image, tumour: np.ndarray) -> np.ndarray:
     return values[values != 0]
 
 
+@dataclass
+class _Cropped:
+    """A 4D series cut to the bounding box of its fitted region, with the tumour and the
+    region on the cut grid; :meth:`save` writes a 3D result pasted onto the full grid."""
+
+    series: sitk.Image
+    tumour: sitk.Image
+    region: sitk.Image
+    inside: np.ndarray  # (z, y, x) bool, the tumour on the cut grid
+    grid: sitk.Image  # the full 3D grid of the series
+    low: tuple[int, int, int]  # (x, y, z) index of the box on the full grid
+    baseline_frames: int | None = None
+
+    def save(self, image: sitk.Image, path: Path) -> Path:
+        array = sitk.GetArrayViewFromImage(image)
+        full = np.zeros(sitk.GetArrayViewFromImage(self.grid).shape, array.dtype)
+        x, y, z = self.low
+        full[z : z + array.shape[0], y : y + array.shape[1], x : x + array.shape[2]] = array
+        pasted = sitk.GetImageFromArray(full)
+        pasted.CopyInformation(self.grid)
+        return _write(pasted, path)
+
+
+def _crop_to_region(
+    series: sitk.Image, grid: sitk.Image, tumour: sitk.Image, region: sitk.Image
+) -> _Cropped:
+    inside = np.argwhere(sitk.GetArrayViewFromImage(region) > 0)
+    if inside.size == 0:
+        raise PrimageInputError("the tumour mask is empty on the series grid")
+    low = inside.min(axis=0)[::-1].tolist()
+    size = (inside.max(axis=0)[::-1] + 1 - inside.min(axis=0)[::-1]).tolist()
+    cut = sitk.Extract(series, [*size, series.GetSize()[3]], [*low, 0])  # ROI: no 4D float
+    tumour = sitk.RegionOfInterest(tumour, size, low)
+    region = sitk.RegionOfInterest(region, size, low)
+    return _Cropped(cut, tumour, region, sitk.GetArrayFromImage(tumour) > 0, grid, tuple(low))
+
+
 def _kinetics_units(ctx: CaseContext) -> tuple[list[Unit], list[str]]:
     from primage.kinetics import (
         adc_maps,
@@ -594,7 +631,8 @@ def _kinetics_units(ctx: CaseContext) -> tuple[list[Unit], list[str]]:
         roi_statistics,
         tofts_maps,
     )
-    from primage.kinetics.dce import concentration_image
+    from primage.kinetics.dce import concentration_image, dynamic_statistics, prepare_dce
+    from primage.kinetics.series import reference_volume
     from primage.registration.core import dilate_mask
 
     options = ctx.config["kinetics"]
@@ -602,15 +640,28 @@ def _kinetics_units(ctx: CaseContext) -> tuple[list[Unit], list[str]]:
     units: list[Unit] = []
     mask_path = ctx.mask
 
-    def masks(series: sitk.Image):
-        tumour = read_image(mask_path, role="tumour mask")
-        volume = series_to_volumes(series)[0]
-        tumour = sitk.Resample(
-            sitk.Cast(tumour != 0, sitk.sitkUInt8), volume, sitk.Transform(),
-            sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8,
-        )  # fmt: skip
-        region = dilate_mask(tumour, options["margin_mm"])
-        return tumour, region, sitk.GetArrayFromImage(tumour) > 0
+    # Each 4D series is read once per step and cut to the box of the fitted region (tumour
+    # grown by margin_mm): every unit of a role fits only there, and a 60-frame DCE on the
+    # reference grid is a gigabyte. Maps are pasted back onto the full grid (0 outside).
+    prepared: dict[str, _Cropped] = {}
+
+    def prepare(role: str, path: Path) -> _Cropped:
+        if role not in prepared:
+            series = read_image(path, dimension=4, role=role)
+            tumour = read_image(mask_path, role="tumour mask")
+            grid = reference_volume(series)
+            tumour = sitk.Resample(
+                sitk.Cast(tumour != 0, sitk.sitkUInt8), grid, sitk.Transform(),
+                sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8,
+            )  # fmt: skip
+            region = dilate_mask(tumour, options["margin_mm"])
+            prepared[role] = _crop_to_region(series, grid, tumour, region)
+            if role == "dce" and options["tofts"]["enabled"]:
+                # The concentration's baseline frames come from the whole series' mean
+                # curve, as on the uncut series.
+                voxels, times = prepare_dce(series, _index_values(ctx, role))
+                prepared[role].baseline_frames = dynamic_statistics(voxels, times, None)[2]
+        return prepared[role]
 
     def add(name: str, role: str, settings: dict, work: Callable) -> None:
         if role not in ctx.current:
@@ -623,18 +674,18 @@ def _kinetics_units(ctx: CaseContext) -> tuple[list[Unit], list[str]]:
         inputs = {"series": ctx.current[role], "values": ctx.case.values[role], "mask": mask_path}
 
         def run(folder: Path, role=role, inputs=inputs):
-            series = read_image(inputs["series"], dimension=4, role=role)
+            cut = prepare(role, inputs["series"])
             values = _index_values(ctx, role)
-            return work(folder, series, values, *masks(series))
+            return work(folder, cut.save, cut.series, values, cut.tumour, cut.region, cut.inside)
 
         units.append(Unit(name, inputs, settings, VERSIONS["kinetics"], run))
 
     if options["adc"]["enabled"]:
 
-        def adc(folder, series, b, tumour, region, inside):
+        def adc(folder, save, series, b, tumour, region, inside):
             result = adc_maps(series, b, region, method=options["adc"]["method"])
             outputs = {
-                n: _write(result.maps[n], folder / f"{n}.nii.gz") for n in ("adc", "adc_se", "r2")
+                n: save(result.maps[n], folder / f"{n}.nii.gz") for n in ("adc", "adc_se", "r2")
             }
             signal = sitk.GetArrayFromImage(series)  # (b, z, y, x)
             mean = signal[:, inside].mean(axis=1)
@@ -657,9 +708,9 @@ def _kinetics_units(ctx: CaseContext) -> tuple[list[Unit], list[str]]:
 
     if options["dce"]["enabled"]:
 
-        def dce(folder, series, times, tumour, region, inside):
+        def dce(folder, save, series, times, tumour, region, inside):
             result = dce_maps(series, times, region)
-            outputs = {n: _write(image, folder / f"{n}.nii.gz") for n, image in result.maps.items()}
+            outputs = {n: save(image, folder / f"{n}.nii.gz") for n, image in result.maps.items()}
             signal = sitk.GetArrayFromImage(series)[:, inside].mean(axis=1)
             frames = result.summary["baseline_frames"]
             summary = {
@@ -682,7 +733,7 @@ def _kinetics_units(ctx: CaseContext) -> tuple[list[Unit], list[str]]:
         if not fcf_options[parameter]:
             continue
 
-        def fcf(folder, series, values, tumour, region, inside, parameter=parameter):
+        def fcf(folder, save, series, values, tumour, region, inside, parameter=parameter):
             result = fcf_maps(
                 series,
                 values,
@@ -693,8 +744,8 @@ def _kinetics_units(ctx: CaseContext) -> tuple[list[Unit], list[str]]:
             )
             name = f"fcf_{parameter}"
             outputs = {
-                "habitats": _write(result.habitats, folder / f"{name}_habitats.nii.gz"),
-                "confidence": _write(result.confidence, folder / f"{name}_confidence.nii.gz"),
+                "habitats": save(result.habitats, folder / f"{name}_habitats.nii.gz"),
+                "confidence": save(result.confidence, folder / f"{name}_confidence.nii.gz"),
             }
             record = result.result.record()
             record["curves"] = [
@@ -713,7 +764,7 @@ def _kinetics_units(ctx: CaseContext) -> tuple[list[Unit], list[str]]:
             if key in ctx.case.acquisition:
                 acquisition[key] = float(ctx.case.acquisition[key])
 
-        def tofts(folder, series, times, tumour, region, inside):
+        def tofts(folder, save, series, times, tumour, region, inside):
             concentration, _ = concentration_image(
                 series,
                 times,
@@ -721,11 +772,12 @@ def _kinetics_units(ctx: CaseContext) -> tuple[list[Unit], list[str]]:
                 flip_angle_deg=acquisition["flip_angle_deg"],
                 repetition_time_s=acquisition["repetition_time_s"],
                 relaxivity=acquisition["relaxivity"],
+                baseline_frames=prepared["dce"].baseline_frames,
             )
             result = tofts_maps(
                 concentration, times, "parker", region, extended=acquisition["extended"]
             )
-            outputs = {n: _write(image, folder / f"{n}.nii.gz") for n, image in result.maps.items()}
+            outputs = {n: save(image, folder / f"{n}.nii.gz") for n, image in result.maps.items()}
             mean = sitk.GetArrayFromImage(concentration)[:, inside].mean(axis=1)
             summary = {
                 "tumour": {

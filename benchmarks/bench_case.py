@@ -332,6 +332,15 @@ def main(argv=None) -> int:
         f"| (a run with nothing to do) | — | {idle['wall']:.1f} | {idle['cpu']:.1f} | "
         f"{idle['rss']:,.0f} MiB | {idle['read_s']:.1f} | {idle['write_s']:.1f} | — |"
     )
+    units = []
+    for step in STEPS:
+        manifest = out / "case01" / step / "step.json"
+        if manifest.is_file():
+            seconds = json.loads(manifest.read_text(encoding="utf-8"))["units"]
+            parts = ", ".join(f"{n} {u['seconds']:.1f}" for n, u in seconds.items())
+            units.append(f"{step}: {parts}")
+    # The first unit of a kinetics role includes reading and cutting its series.
+    print("\nUnit wall s (step.json): " + "; ".join(units))
     whole_cpu = total_cpu + idle["cpu"]
     print(
         f"\nPer case: steps {total_wall:.0f} s wall; {whole_cpu:.0f} CPU-s (each step's process "

@@ -4,6 +4,9 @@ A :class:`Task` is one pyradiomics ``execute(image, mask, label=N)`` call. Tasks
 worker processes (``concurrent.futures``; see :func:`_pool_context` for the start
 method); a single task, or ``workers=1``, runs in this
 process with no pool at all, so one (image, segment) costs what plain pyradiomics costs.
+Several tasks are shared between this process and the pool, largest first
+(:func:`estimated_cost`), one at a time to whoever is free; results keep the tasks' order
+and equal plain pyradiomics' values.
 
 Inputs are checked before the run where a mistake spoils everything (a 4D image, a mask
 with fractional values, a bad parameter file: :class:`PrimageInputError`) and per task

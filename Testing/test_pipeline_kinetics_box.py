@@ -17,6 +17,7 @@ from primage.kinetics.dce import concentration_image
 from primage.kinetics.series import reference_volume
 from primage.kinetics.values import parse_values
 from primage.pipeline import run_cohort
+from primage.pipeline.config import step_image_name
 from primage.registration.core import dilate_mask
 
 CONFIG = {
@@ -46,7 +47,7 @@ def run(tmp_path_factory):
 
 
 def _uncut(folder, role):
-    series = sitk.ReadImage(str(folder / "register" / f"{role}.nii.gz"))
+    series = sitk.ReadImage(str(folder / "register" / step_image_name(role)))
     grid = reference_volume(series)
     tumour = sitk.Resample(
         sitk.Cast(sitk.ReadImage(str(folder / "segment" / "tumour.nii.gz")) != 0, sitk.sitkUInt8),
@@ -62,7 +63,7 @@ def _array(path):
 def test_each_series_is_read_once(run):
     _, folder, reads = run
     for role in ("dwi", "dce"):
-        path = str(folder / "register" / f"{role}.nii.gz")
+        path = str(folder / "register" / step_image_name(role))
         assert reads.count(path) == 1, role
 
 

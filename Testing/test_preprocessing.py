@@ -69,6 +69,36 @@ def test_anisotropic_diffusion_reduces_noise_and_keeps_the_edge():
     assert blurred_step < step - 10.0
 
 
+@pytest.mark.parametrize(
+    "shape, spacing, iterations, slab",
+    [
+        ((30, 40, 36), (0.9, 0.8, 5.0), 2, None),  # (x, y, z) spacing, anisotropic
+        ((30, 40, 36), (0.9, 0.8, 5.0), 3, 700),  # slabs of one slice: the overlap matters
+        ((9, 5, 7), (1.0, 2.0, 3.0), 1, None),
+        ((6, 6, 1), (1.0, 1.0, 1.0), 2, None),  # a single slice
+        ((2, 3, 2), (0.5, 0.5, 0.5), 2, None),  # two voxels along two axes
+    ],
+)
+def test_anisotropic_diffusion_equals_itks_filter(shape, spacing, iterations, slab, monkeypatch):
+    """The numpy scheme against ITK's GradientAnisotropicDiffusionImageFilter itself."""
+    if slab is not None:
+        monkeypatch.setattr(F, "_SLAB_VOXELS", slab)
+    rng = np.random.default_rng(sum(shape))
+    array = rng.normal(100.0, 20.0, shape[::-1]).astype(np.float32)
+    array[:, : shape[1] // 2] += 300.0  # an edge that the conductance term must keep
+    image = image_from_array(array, spacing=spacing)
+    step = F.stable_time_step(image)
+    ours = _a(F.anisotropic_diffusion(image, conductance=1.0, iterations=iterations))
+    itk = _a(sitk.GradientAnisotropicDiffusion(image, step, 1.0, 1, iterations))
+    assert np.abs(ours - array).max() > 1.0  # the filter did change the image
+    np.testing.assert_allclose(ours, itk, rtol=0, atol=1e-6 * np.abs(itk).max())
+
+
+def test_anisotropic_diffusion_leaves_a_constant_image_unchanged():
+    image = image_from_array(np.full((5, 6, 7), 3.5, np.float32))
+    assert np.array_equal(_a(F.anisotropic_diffusion(image)), np.full((5, 6, 7), 3.5))
+
+
 def test_anisotropic_diffusion_refuses_an_unstable_time_step():
     noisy, _ = step_phantom()
     bound = F.stable_time_step(noisy)

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from primage.errors import PrimageInputError
 from primage.io import GeometryWarning
 from primage.registration import (
+    core,
     list_presets,
     load_preset,
     register_images,
@@ -337,3 +338,89 @@ def test_mask_on_another_grid_is_resampled_with_a_warning(pair):
     elsewhere.SetOrigin((np.array(coarse.GetOrigin()) + 900.0).tolist())
     with pytest.raises(PrimageInputError, match="does not overlap"), pytest.warns(GeometryWarning):
         register_images(fixed, moving, RIGID, fixed_mask=elsewhere)
+
+
+# --- the moving region a registration sees ------------------------------------------------
+
+
+def _padded(moving, border=(40, 40, 12)):
+    """The moving image inside a wide background border: the fixed image sees a part."""
+    low = float(sitk.GetArrayViewFromImage(moving).min())
+    return sitk.ConstantPad(moving, border, border, low)
+
+
+def test_resampling_through_the_viewed_region_equals_the_whole_image(pair, rigid_result):
+    fixed, moving, *_ = pair
+    wide = _padded(moving)
+    transform = rigid_result.transform
+    assert core.view_region(wide, fixed, [transform]) is not None  # the crop is taken
+    for interpolation, itk in (("bspline", sitk.sitkBSpline), ("linear", sitk.sitkLinear)):
+        ours = sitk.GetArrayFromImage(
+            resample_to_fixed(wide, fixed, transform, interpolation=interpolation)
+        )
+        whole = sitk.GetArrayFromImage(
+            sitk.Resample(wide, fixed, transform, itk, float(
+                sitk.GetArrayViewFromImage(wide).min()), sitk.sitkFloat32)
+        )  # fmt: skip
+        np.testing.assert_allclose(ours, whole, rtol=0, atol=1e-4 * np.abs(whole).max())
+
+
+def test_no_crop_through_a_deforming_transform_or_when_all_is_seen(pair):
+    fixed, moving, *_ = pair
+    wide = _padded(moving)
+    bspline = sitk.BSplineTransformInitializer(fixed, [3, 3, 3], 3)
+    assert core.view_region(wide, fixed, [bspline]) is None
+    assert core.view_region(moving, fixed, [sitk.Transform(3, sitk.sitkIdentity)]) is None
+
+
+def test_registration_on_the_viewed_region_equals_the_whole_image(pair, monkeypatch):
+    fixed, moving, _fm, _mm, truth = pair
+    wide = _padded(moving, (60, 60, 20))
+    cropped = register_images(fixed, wide, RIGID)
+    assert "moving_region" in cropped.initialisation
+    size = cropped.initialisation["moving_region"]["size"]
+    assert np.prod(size) < 0.7 * wide.GetNumberOfPixels()
+    monkeypatch.setattr(core, "_VIEW_MIN_SAVING", 1.0)  # never crop
+    whole = register_images(fixed, wide, RIGID)
+    assert "moving_region" not in whole.initialisation
+    error = transform_error(cropped.transform, truth, fixed, _body(fixed))
+    assert error["mean_mm"] < 0.4, error
+    difference = transform_error(cropped.transform, whole.transform, fixed)
+    assert difference["max_mm"] < 0.05, difference
+
+
+def test_moments_start_equals_itks_initialiser_and_its_subsample(pair, monkeypatch):
+    fixed, moving, *_ = pair
+    centre, translation = core.initialise(fixed, moving, "moments")
+
+    def weights(image):  # ITK takes the intensities as weights: shifted to be >= 0
+        return image - min(0.0, float(sitk.GetArrayViewFromImage(image).min()))
+
+    itk = sitk.Euler3DTransform(
+        sitk.CenteredTransformInitializer(
+            weights(fixed),
+            weights(moving),
+            sitk.Euler3DTransform(),
+            sitk.CenteredTransformInitializerFilter.MOMENTS,
+        )
+    )
+    assert np.abs(translation).max() > 1.0  # a real start, not the identity
+    np.testing.assert_allclose(centre, itk.GetCenter(), atol=1e-6)
+    np.testing.assert_allclose(translation, itk.GetTranslation(), atol=1e-6)
+    monkeypatch.setattr(core, "_MOMENTS_VOXELS", 6000)  # every 2nd voxel per axis
+    centre_sub, translation_sub = core.initialise(fixed, moving, "moments")
+    spacing = max(moving.GetSpacing())  # within half a voxel on a 50 x 46 x 20 image
+    assert np.abs(centre_sub - centre).max() < 0.5 * spacing
+    assert np.abs(translation_sub - translation).max() < 0.5 * spacing
+
+
+def test_geometry_start_equals_itks_initialiser(pair):
+    fixed, moving, *_ = pair
+    centre, translation = core.initialise(fixed, moving, "geometry")
+    itk = sitk.Euler3DTransform(
+        sitk.CenteredTransformInitializer(
+            fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
+        )
+    )
+    np.testing.assert_allclose(centre, itk.GetCenter(), atol=1e-6)
+    np.testing.assert_allclose(translation, itk.GetTranslation(), atol=1e-6)

@@ -230,6 +230,7 @@ def start_case_job(
 def _import(
     scene, folder: Path, case_folder: Path, summary: dict, config: dict, name: str
 ) -> PipelineNodes:
+    from primage.pipeline.config import find_step_image
     from primage.radiomics.tables import read_csv
     from primage.registration.core import read_transform
 
@@ -237,10 +238,9 @@ def _import(
     reference = config["reference"]
     reference_node = None
     for role in summary["series"]:
-        registered = folder / "register" / f"{role}.nii.gz"
-        preprocessed = folder / "preprocess" / f"{role}.nii.gz"
-        path = registered if registered.is_file() else preprocessed
-        if not path.is_file():
+        registered = find_step_image(folder / "register", role)
+        path = registered or find_step_image(folder / "preprocess", role)
+        if path is None:
             continue
         what = "registered" if path == registered else "preprocessed"
         if role in INDEX:

@@ -26,7 +26,7 @@ import SimpleITK as sitk
 from primage.errors import PrimageInputError
 from primage.io import read_image, series_to_volumes, write_image, write_json
 from primage.pipeline.cohort import Case
-from primage.pipeline.config import SERIES_4D
+from primage.pipeline.config import SERIES_4D, step_image_name
 from primage.pipeline.units import FileHashes, Unit, UnitOutcome, run_unit
 
 #: Code versions of the units (see the module docstring).
@@ -132,7 +132,7 @@ def step_preprocess(ctx: CaseContext, progress) -> StepOutcome:
                 result = run_steps_series(image, preset["steps"])
             else:
                 result = run_steps(image, preset["steps"])
-            out = _write(result.image, folder / f"{role}.nii.gz")
+            out = _write(result.image, folder / step_image_name(role))
             record = write_json(
                 {"preset": preset["name"], "source": preset["source"], "steps": result.records},
                 folder / f"{role}.json",
@@ -437,7 +437,7 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
                 registered = sitk.JoinSeries(volumes, series.GetOrigin()[3], series.GetSpacing()[3])
             else:
                 registered = resample_to_fixed(series, fixed, transform)
-            outputs["image"] = _write(registered, folder / f"{role}.nii.gz")
+            outputs["image"] = _write(registered, folder / step_image_name(role))
             if options["snapshots"]:
                 written = write_snapshots(
                     fixed,

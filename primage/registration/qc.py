@@ -28,7 +28,7 @@ import SimpleITK as sitk
 
 from primage.errors import PrimageInputError
 from primage.io import mask_on_image_grid
-from primage.registration.core import compose, flatten_transform, image_centre
+from primage.registration.core import compose, crop_to_view, flatten_transform, image_centre
 from primage.registration.stages import validate_qc
 
 HISTOGRAM_BINS = 32
@@ -41,6 +41,7 @@ def _resampled_with_overlap(
     fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     fixed_values = sitk.GetArrayFromImage(sitk.Cast(fixed, sitk.sitkFloat32))
+    moving = crop_to_view(moving, fixed, [transform])  # the same values, fewer voxels
     moved = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     # The overlap: fixed voxels that the transform sends inside the moving image.
     ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
@@ -53,9 +54,15 @@ def mutual_information(a: np.ndarray, b: np.ndarray, bins: int = HISTOGRAM_BINS)
     """Mutual information (nats) of two equally long samples, robust intensity ranges."""
     if a.size < 2:
         return float("nan")
-    ranges = [np.percentile(v, [0.5, 99.5]) for v in (a, b)]
-    ranges = [(lo, hi if hi > lo else lo + 1.0) for lo, hi in ranges]
-    joint, _, _ = np.histogram2d(np.clip(a, *ranges[0]), np.clip(b, *ranges[1]), bins, ranges)
+    # Bin indices by arithmetic and one bincount: np.histogram2d's sorting took ~0.8 s for
+    # a 4-million-voxel image.
+    index = np.zeros(a.size, np.int64)
+    for values in (a, b):
+        low, high = (float(v) for v in np.percentile(values, [0.5, 99.5]))
+        high = high if high > low else low + 1.0
+        scaled = (np.clip(values, low, high) - low) * (bins / (high - low))
+        index = index * bins + np.minimum(scaled.astype(np.int64), bins - 1)
+    joint = np.bincount(index, minlength=bins * bins).reshape(bins, bins).astype(float)
     joint /= joint.sum()
     pa, pb = joint.sum(axis=1), joint.sum(axis=0)
     nonzero = joint > 0
@@ -421,39 +428,41 @@ def _slice_grids(
     return grids
 
 
-def _window(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    body = reference[np.isfinite(reference)]
-    low, high = np.percentile(body, [1, 99]) if body.size else (0.0, 1.0)
-    high = high if high > low else low + 1.0
+#: Voxels read for a display window: a regular subsample keeps the 1st/99th percentiles
+#: of a 500 x 500 x 300 CT within a grey level while costing milliseconds, not seconds.
+_WINDOW_SAMPLES = 1 << 20
+
+
+def display_window(image_values: np.ndarray) -> tuple[float, float]:
+    """(1st, 99th) percentile of the finite voxels of an image: its grey-level window."""
+    flat = image_values.reshape(-1)
+    flat = flat[:: max(1, flat.size // _WINDOW_SAMPLES)]
+    body = flat[np.isfinite(flat)]
+    low, high = (float(v) for v in np.percentile(body, [1, 99])) if body.size else (0.0, 1.0)
+    return low, (high if high > low else low + 1.0)
+
+
+def _window(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    low, high = window
     return np.clip(np.round((values - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
 
 
 def _panels(fixed, moving, transform, grids) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     fixed_values = sitk.GetArrayViewFromImage(fixed)
     moving_values = sitk.GetArrayViewFromImage(moving)
+    fixed_window, moving_window = display_window(fixed_values), display_window(moving_values)
+    fixed_fill, moving_fill = float(fixed_values.min()), float(moving_values.min())
     panels = {}
     for name, grid in grids.items():
         f = sitk.GetArrayFromImage(
             sitk.Resample(
-                fixed,
-                grid,
-                sitk.Transform(),
-                sitk.sitkLinear,
-                float(fixed_values.min()),
-                sitk.sitkFloat32,
+                fixed, grid, sitk.Transform(), sitk.sitkLinear, fixed_fill, sitk.sitkFloat32
             )
         )[0]
         m = sitk.GetArrayFromImage(
-            sitk.Resample(
-                moving,
-                grid,
-                transform,
-                sitk.sitkLinear,
-                float(moving_values.min()),
-                sitk.sitkFloat32,
-            )
+            sitk.Resample(moving, grid, transform, sitk.sitkLinear, moving_fill, sitk.sitkFloat32)
         )[0]
-        panels[name] = (_window(f, fixed_values), _window(m, moving_values))
+        panels[name] = (_window(f, fixed_window), _window(m, moving_window))
     return panels
 
 

@@ -139,9 +139,11 @@ def view_region(
     fixed: sitk.Image,
     transforms: Sequence[sitk.Transform],
     margin_mm: float = 0.0,
+    shrinks: Sequence[int] = (),
 ) -> tuple[list[int], list[int]] | None:
     """(first index, size) of :func:`crop_to_view`'s region of ``moving``, or None when
-    the whole image is to be used."""
+    the whole image is to be used. With ``shrinks`` (a pyramid's factors) the region is
+    placed so that its shrunk levels are parts of the whole image's."""
     parts = [part for t in transforms for part in flatten_transform(t)]
     if not parts or any(part.GetTransformEnum() not in _LINEAR_TRANSFORMS for part in parts):
         return None
@@ -165,10 +167,20 @@ def view_region(
     high = np.minimum(np.ceil(indices.max(axis=0) + grow), moving_size - 1).astype(int)
     if np.any(high < low):
         return None
-    crop = high - low + 1
+    factors = sorted({int(f) for f in shrinks if int(f) > 1})
+    first, crop = [], []
+    for axis in range(3):
+        if factors:
+            start, count = _shrink_aligned(
+                int(low[axis]), int(high[axis]), int(moving_size[axis]), factors
+            )
+        else:
+            start, count = int(low[axis]), int(high[axis] - low[axis] + 1)
+        first.append(start)
+        crop.append(count)
     if np.prod(crop) > (1.0 - _VIEW_MIN_SAVING) * np.prod(moving_size):
         return None
-    return low.tolist(), crop.tolist()
+    return first, crop
 
 
 def check_volume(image: sitk.Image, role: str) -> sitk.Image:
@@ -303,15 +315,11 @@ class Pyramid:
 
     Every stage, level and sampling round at the same resolution shares them (SimpleITK
     would rebuild its pyramid at each run). Smoothing: recursive Gaussian of ``sigma``
-    voxels per axis; shrinking: every ``shrink``-th voxel, kept at its own position (ITK's
-    ShrinkImageFilter re-centres the grid, which can misplace values by half a voxel).
-    ``offset``: the index of the image's first voxel in a larger image it was cut from,
-    so that the cut keeps the same voxels (and the registration its result).
+    voxels per axis; shrinking: every ``shrink``-th voxel, as ITK's registration does.
     """
 
-    def __init__(self, image: sitk.Image, offset: Sequence[int] = (0, 0, 0)) -> None:
+    def __init__(self, image: sitk.Image) -> None:
         self.image = image
-        self.offset = [int(v) for v in offset]
         self._levels: dict[tuple[int, float], sitk.Image] = {}
 
     def level(self, shrink: int, sigma_voxels: float) -> sitk.Image:
@@ -322,11 +330,49 @@ class Pyramid:
                 sigma = [sigma_voxels * s for s in image.GetSpacing()]
                 image = sitk.SmoothingRecursiveGaussian(image, sigma)
             if shrink > 1:
-                factors = [max(1, min(shrink, n // 2)) for n in image.GetSize()]
-                first = [(-o) % f for o, f in zip(self.offset, factors, strict=True)]
-                image = image[tuple(slice(a, None, f) for a, f in zip(first, factors, strict=True))]
+                image = sitk.Shrink(image, shrink_factors(image, shrink))
             self._levels[key] = image
         return self._levels[key]
+
+
+def shrink_factors(image: sitk.Image, shrink: int) -> list[int]:
+    """Per-axis factors of a pyramid level: ``shrink``, at most half the axis."""
+    return [max(1, min(int(shrink), n // 2)) for n in image.GetSize()]
+
+
+def _shrunk_axis(size: int, factor: int) -> tuple[np.ndarray, float]:
+    """What ITK's ShrinkImageFilter keeps of one axis of ``size`` voxels: the input
+    indices it picks and the input index its first output voxel is placed at."""
+    ramp = sitk.GetImageFromArray(np.arange(size, dtype=np.float32)[None, :])
+    shrunk = sitk.Shrink(ramp, [max(1, min(factor, size // 2)), 1])
+    return sitk.GetArrayViewFromImage(shrunk)[0].copy(), shrunk.GetOrigin()[0]
+
+
+def _shrink_aligned(low: int, high: int, size: int, factors: Sequence[int]) -> tuple[int, int]:
+    """(first, count) of a crop of one axis containing [low, high] whose ITK shrinks by
+    every factor pick the same voxels at the same places as the shrinks of the whole
+    axis (ITK centres its shrunk grid, so a crop anywhere would shift the picks); the
+    whole axis when no such crop is near."""
+    wholes = {f: _shrunk_axis(size, f) for f in factors}
+    reach = 2 * max(factors, default=1)
+    for first in range(low, max(0, low - reach) - 1, -1):
+        for stop in range(high + 1, min(size, high + 1 + reach) + 1):
+            count = stop - first
+            for f, (picks, origin) in wholes.items():
+                mine, my_origin = _shrunk_axis(count, f)
+                mine = mine + first
+                where = np.searchsorted(picks, mine[0])
+                if (
+                    min(f, count // 2) != min(f, size // 2)
+                    or where + mine.size > picks.size
+                    or not np.array_equal(picks[where : where + mine.size], mine)
+                    or abs((my_origin + first) - (origin + where * max(1, min(f, size // 2))))
+                    > 1e-6
+                ):
+                    break
+            else:
+                return first, count
+    return 0, size
 
 
 def register_images(
@@ -387,12 +433,18 @@ def register_images(
     candidates = [] if identical else _start_candidates(fixed, moving, settings, initial_transform)
     # Only the part of the moving image that the fixed image can see from any start, with
     # room for the optimiser to move: the same metric, far less smoothing of a large CT.
-    region = view_region(moving, fixed, [c.transform() for c in candidates], view_margin_mm(fixed))
+    region = view_region(
+        moving,
+        fixed,
+        [c.transform() for c in candidates],
+        view_margin_mm(fixed),
+        shrinks=[f for stage in stages for f in stage["shrink_factors"]],
+    )
     if region is not None:
         moving = sitk.RegionOfInterest(moving, region[1], region[0])
         if sample_moving_mask is not None:
             sample_moving_mask = sitk.RegionOfInterest(sample_moving_mask, region[1], region[0])
-    pyramids = (Pyramid(fixed), Pyramid(moving, region[0] if region else (0, 0, 0)))
+    pyramids = (Pyramid(fixed), Pyramid(moving))
     scorer = _Scorer(pyramids, stages, sample_fixed_mask, sample_moving_mask)
 
     if identical:

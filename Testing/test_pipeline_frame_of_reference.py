@@ -215,3 +215,48 @@ def test_a_mask_in_the_reference_frame_needs_no_registration(tmp_path):
         else:
             assert summary["failed_step"] == "segment"
             assert "cannot be carried onto the reference" in summary["message"]
+
+
+def _pet_ct_case(folder):
+    """A t2w + PET/CT case: CT and PET share one frame of reference (another than the
+    T2w's), the PET on the CT's grid, both headers moved by SHIFT_MM."""
+    _shifted_case(folder, {"t2w.nii.gz": "FoR-1", "ct.nii.gz": "FoR-2", "pet.nii.gz": "FoR-2"})
+    ct = sitk.ReadImage(str(folder / "ct.nii.gz"), sitk.sitkFloat32)
+    pet = sitk.Clamp(ct + 1000.0, lowerBound=0.0) / 400.0  # an uptake-like positive image
+    sitk.WriteImage(pet, str(folder / "pet.nii.gz"), useCompression=True)
+    return folder
+
+
+def test_pet_follows_the_registered_ct_of_its_frame_of_reference(tmp_path):
+    cohort = tmp_path / "cohort"
+    _pet_ct_case(cohort / "c1")
+    presets = {"presets": {"ct": "mr-ct", "pet": "pet-ct"}}
+    out = tmp_path / "out"
+    result = run_cohort(cohort, _config(**presets), out, workers=0)
+    assert not result.failed
+    assert _qc(out, role="ct")["alignment"] == "registered"
+    pet_qc = _qc(out, role="pet")
+    assert pet_qc["alignment"] == "followed" and "ct's transform" in pet_qc["alignment_reason"]
+    folder = out / "c1" / "register"
+    ct_tx, pet_tx = (read_transform(folder / f"{r}_to_t2w.tfm") for r in ("ct", "pet"))
+    fixed = sitk.ReadImage(str(cohort / "c1" / "t2w.nii.gz"))
+    assert transform_error(pet_tx, ct_tx, fixed)["max_mm"] == 0.0
+    # The CT registration undid the header shift, so the PET is aligned too.
+    assert transform_error(pet_tx, sitk.TranslationTransform(3, SHIFT_MM), fixed)["mean_mm"] < 1.0
+    pet = sitk.ReadImage(str(cohort / "c1" / "pet.nii.gz"))
+    expected = sitk.GetArrayFromImage(resample_to_fixed(pet, fixed, ct_tx))
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "pet.nii.gz")))
+    np.testing.assert_allclose(written, expected, rtol=0, atol=1e-5)
+
+    # Switched off, the PET gets a registration of its own (and the unit reruns).
+    out_own = tmp_path / "own"
+    config = _config(follow_frame_of_reference=False, **presets)
+    assert not run_cohort(cohort, config, out_own, workers=0).failed
+    assert _qc(out_own, role="pet")["alignment"] == "registered"
+
+
+def test_follow_setting_must_be_a_boolean(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("register: {follow_frame_of_reference: maybe}\n")
+    with pytest.raises(PrimageInputError, match="follow_frame_of_reference' must be true or false"):
+        load_config(path)

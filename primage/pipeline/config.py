@@ -62,6 +62,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "stages": {},
         "same_frame_of_reference": "resample",
         "refine_max_mm": 5.0,
+        "follow_frame_of_reference": True,
         "dwi_volume": "lowest-b",
         "dce_baseline_frames": 3,
         "use_masks": False,
@@ -145,6 +146,10 @@ register:
   # reference but the patient may move between them); roles not listed: resample.
   same_frame_of_reference: resample
   refine_max_mm: 5.0
+  # A series in another frame of reference than the reference but in the same as a
+  # series that is registered (the PET of a PET/CT onto an MR reference: the CT is
+  # registered) takes that series' transform instead of a registration of its own.
+  follow_frame_of_reference: true
   # Volume of a DWI series that is registered: "lowest-b" (the b = 0 image) or "mean".
   dwi_volume: lowest-b
   # DCE: the mean of the first N (pre-contrast) frames is registered.
@@ -372,6 +377,7 @@ def validate_config(data: Any, *, base: str | os.PathLike | None = None) -> dict
     _choice(register["dwi_volume"], ("lowest-b", "mean"), "register.dwi_volume")
     _number(register["dce_baseline_frames"], "register.dce_baseline_frames", 1, 50, integer=True)
     _bool(register["use_masks"], "register.use_masks")
+    _bool(register["follow_frame_of_reference"], "register.follow_frame_of_reference")
     _bool(register["snapshots"], "register.snapshots")
 
     from primage.pipeline.segmenters import SEGMENTERS

@@ -215,6 +215,23 @@ def alignment_mode(ctx: CaseContext, role: str, preset: str) -> tuple[str, str]:
     return "register", f"other frame of reference than {reference}: registered with {preset}"
 
 
+def _carriers(ctx: CaseContext, modes: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """Series to be aligned by another's registration: role -> the registered role in its
+    frame of reference (a CT before the others, then by name); only series that would
+    otherwise be registered themselves, and only from series that are."""
+    registered = [role for role, (mode, _) in modes.items() if mode == "register"]
+    registered.sort(key=lambda role: (role != "ct", role))
+    carriers: dict[str, str] = {}
+    anchors: list[str] = []  # registered with their own presets
+    for role in registered:
+        carrier = next((a for a in anchors if ctx.case.same_frame_of_reference(role, a)), None)
+        if carrier is None:
+            anchors.append(role)
+        else:
+            carriers[role] = carrier
+    return carriers
+
+
 def refinement_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """A rigid refinement from the headers' alignment: one rigid stage with the preset's
     metric and histogram bins and the default pyramid, which ends at full resolution (a
@@ -338,7 +355,7 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
     or registered: ``register.same_frame_of_reference``); see :func:`alignment_mode`.
     """
     from primage.registration import register_images, resample_to_fixed, settings_for
-    from primage.registration.core import write_transform
+    from primage.registration.core import read_transform, write_transform
     from primage.registration.qc import quality_control, write_snapshots
 
     outcome = StepOutcome()
@@ -348,7 +365,15 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
     # The tumour on the reference: tumour.* or tumour_<reference role>.*
     reference_mask = ctx.case.masks.get("reference") or ctx.case.masks.get(reference)
     units = []
-    for role, path in sorted(ctx.current.items()):
+    modes = {}
+    for role in sorted(ctx.current):
+        preset = options["presets"].get(role)
+        if role != reference and preset is not None:
+            modes[role] = alignment_mode(ctx, role, preset)
+    carriers = _carriers(ctx, modes) if options["follow_frame_of_reference"] else {}
+    # A series that carries another's transform is registered first.
+    order = sorted(ctx.current.items(), key=lambda item: (item[0] in carriers, item[0]))
+    for role, path in order:
         if role == reference:
             continue
         preset = options["presets"].get(role)
@@ -356,9 +381,18 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
             outcome.notes.append(f"{role}: no registration preset, not used after registration")
             continue
         settings = settings_for(preset, options["stages"].get(role)) if preset != "none" else None
-        mode, why = alignment_mode(ctx, role, preset)
+        mode, why = modes[role]
         moving_mask = ctx.case.masks.get(role)
         inputs = {"fixed": fixed_path, "moving": path}
+        if role in carriers:
+            mode = "follow"
+            why = (
+                f"same frame of reference as {carriers[role]}, which is registered: "
+                f"{carriers[role]}'s transform to {reference} is used"
+            )
+            inputs["carrier_transform"] = (
+                ctx.step_folder("register") / f"{carriers[role]}_to_{reference}.tfm"
+            )
         if role in ctx.case.values:
             inputs["values"] = ctx.case.values[role]
         if reference_mask is not None:
@@ -392,6 +426,8 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
             acceptance = None  # the registration's own "never worse" check, when it ran
             if mode == "resample":
                 transform, alignment = sitk.Transform(3, sitk.sitkIdentity), "resampled"
+            elif mode == "follow":
+                transform, alignment = read_transform(inputs["carrier_transform"]), "followed"
             elif mode == "refine":
                 transform, alignment, why, extra = _refine(
                     fixed, moving, settings, masks, use_masks, options["refine_max_mm"], why

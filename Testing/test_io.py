@@ -26,6 +26,7 @@ from primage.io import (
     volumes_to_series,
     write_image,
     write_json,
+    write_series,
 )
 
 
@@ -233,3 +234,42 @@ def test_detached_header_formats_get_their_final_data_file_names(tmp_path, name)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
     write_image(image * 2.0, tmp_path / name)  # overwriting keeps the same two files
     assert sorted(p.name for p in tmp_path.iterdir()) == names
+
+
+def _frames(count, pixel=np.float32):
+    rng = np.random.default_rng(count)
+    volumes = []
+    for _ in range(count):
+        volume = sitk.GetImageFromArray((rng.normal(size=(5, 6, 7)) * 100).astype(pixel))
+        volume.SetSpacing((0.7, 0.8, 3.0))
+        volume.SetOrigin((10.0, -4.0, 2.5))
+        volume.SetDirection(sitk.Euler3DTransform((0, 0, 0), 0.1, -0.2, 0.3).GetMatrix())
+        volumes.append(volume)
+    return volumes
+
+
+@pytest.mark.parametrize("pixel", [np.float32, np.int16])
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd"])
+def test_write_series_equals_writing_the_joined_series(tmp_path, pixel, suffix):
+    volumes = _frames(6, pixel)
+    ours = write_series(volumes, tmp_path / f"ours{suffix}", time_origin=3.0, time_spacing=2.5)
+    joined = sitk.JoinSeries(volumes, 3.0, 2.5)
+    theirs = tmp_path / f"itk{suffix}"
+    sitk.WriteImage(joined, str(theirs))
+    a, b = sitk.ReadImage(str(ours)), sitk.ReadImage(str(theirs))
+    assert a.GetSize() == (7, 6, 5, 6) and a.GetPixelID() == joined.GetPixelID()
+    assert same_geometry(a, b, tolerance=1e-6)
+    assert np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(joined))
+    if suffix == ".nii":  # the same file as ITK's, byte for byte
+        assert ours.read_bytes() == theirs.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ours.name, theirs.name])
+
+
+def test_write_series_refuses_no_volumes_and_joins_mixed_grids(tmp_path):
+    with pytest.raises(PrimageInputError, match="at least one volume"):
+        write_series([], tmp_path / "s.nii")
+    volumes = _frames(4)
+    volumes[3] = sitk.Cast(volumes[3], sitk.sitkFloat64)  # JoinSeries refuses it too
+    with pytest.raises(RuntimeError):
+        write_series(volumes, tmp_path / "s.nii")
+    assert list(tmp_path.iterdir()) == []

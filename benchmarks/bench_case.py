@@ -12,7 +12,7 @@ Tofts and FCF in the kinetics step), segmentation "given" (the generated tumour 
 one ITK thread (one case per core, as a cohort runs). Each step runs in its own process,
 ``run_cohort(..., workers=0)`` with the steps so far (earlier steps are up to date and
 skipped), so every step gets its own CPU seconds (user + system, all threads) and peak
-RSS; the time spent in ``primage.io.read_image`` / ``write_image`` gives the I/O share. A
+RSS; the time spent in ``primage.io.read_image`` / ``write_image`` / ``write_series`` gives the I/O share. A
 final run with nothing to do measures what a process pays around a step (start-up,
 up-to-date checks, the report). Usage:
 
@@ -247,6 +247,7 @@ def driver(cohort: str, steps: str, out: str, report: str) -> None:
     # Patched before the pipeline imports them by name.
     pio.read_image = timed(pio.read_image, "read_s")
     pio.write_image = timed(pio.write_image, "write_s")
+    pio.write_series = timed(pio.write_series, "write_s")  # 4D .nii: frame by frame
     from primage.pipeline import run_cohort
     from primage.pipeline.config import DEFAULT_CONFIG
 

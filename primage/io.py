@@ -344,6 +344,62 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
     return path
 
 
+def write_series(
+    volumes: Sequence[sitk.Image],
+    path: str | os.PathLike,
+    *,
+    time_origin: float = 0.0,
+    time_spacing: float = 1.0,
+) -> Path:
+    """Write 3D volumes of one grid as a 4D series (4th axis ``time_origin``,
+    ``time_spacing``), atomically, as ``write_image(sitk.JoinSeries(...))`` would.
+
+    For uncompressed NIfTI the series is never joined in memory: ITK writes the header
+    and first two frames, the frame count is set in the header and the other frames are
+    appended as they are (NIfTI stores frame after frame), which for a registered
+    60-frame DCE series saves a 1 GB copy and most of the writing time. Other formats
+    (``.nii.gz``, ``.nrrd``, ...) are joined and written by :func:`write_image`.
+    """
+    path = Path(path)
+    volumes = list(volumes)
+    if not volumes:
+        raise PrimageInputError("a series needs at least one volume")
+    first = volumes[0]
+    uniform = all(
+        same_geometry(first, v, tolerance=0.0) and v.GetPixelID() == first.GetPixelID()
+        for v in volumes[1:]
+    )
+    if image_suffix(path) != ".nii" or len(volumes) < 3 or not uniform:
+        joined = sitk.JoinSeries(volumes, float(time_origin), float(time_spacing))
+        return write_image(joined, path)
+    handle, temporary = _atomic_target(path)
+    os.close(handle)
+    try:
+        start = sitk.JoinSeries(volumes[:2], float(time_origin), float(time_spacing))
+        sitk.WriteImage(start, temporary, useCompression=False)
+        with open(temporary, "r+b") as stream:
+            header = stream.read(348)
+            order = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+            dims = struct.unpack(order + "8h", header[40:56])
+            if struct.unpack(order + "i", header[:4])[0] != 348 or dims[0] != 4 or dims[4] != 2:
+                raise ValueError("not the expected NIfTI-1 header")  # handled below
+            stream.seek(40 + 2 * 4)  # dim[4]: the number of frames
+            stream.write(struct.pack(order + "h", len(volumes)))
+            stream.seek(0, os.SEEK_END)
+            for volume in volumes[2:]:
+                stream.write(np.ascontiguousarray(sitk.GetArrayViewFromImage(volume)).data)
+        os.chmod(temporary, _file_mode())
+        os.replace(temporary, path)
+    except ValueError:
+        os.unlink(temporary)
+        return write_image(sitk.JoinSeries(volumes, float(time_origin), float(time_spacing)), path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
+
+
 def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
     """Write binary data (e.g. an encoded DICOM object) atomically."""
     path = Path(path)

@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from primage.errors import PrimageInputError
-from primage.io import read_image, series_to_volumes, write_image, write_json
+from primage.io import read_image, series_to_volumes, write_image, write_json, write_series
 from primage.pipeline.cohort import Case
 from primage.pipeline.config import SERIES_4D, step_image_name
 from primage.pipeline.units import FileHashes, Unit, UnitOutcome, run_unit
@@ -470,10 +470,16 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
                     resample_to_fixed(v, fixed, transform, interpolation="linear")
                     for v in series_to_volumes(series)
                 ]
-                registered = sitk.JoinSeries(volumes, series.GetOrigin()[3], series.GetSpacing()[3])
+                outputs["image"] = write_series(
+                    volumes,
+                    folder / step_image_name(role),
+                    time_origin=series.GetOrigin()[3],
+                    time_spacing=series.GetSpacing()[3],
+                )
+                del volumes
             else:
                 registered = resample_to_fixed(series, fixed, transform)
-            outputs["image"] = _write(registered, folder / step_image_name(role))
+                outputs["image"] = _write(registered, folder / step_image_name(role))
             if options["snapshots"]:
                 written = write_snapshots(
                     fixed,

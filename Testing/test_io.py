@@ -19,7 +19,10 @@ from primage.io import (
     image_stem,
     image_suffix,
     mask_on_image_grid,
+    read_frame_means,
     read_image,
+    read_series_box,
+    read_volume_grid,
     replace_nonfinite,
     same_geometry,
     series_to_volumes,
@@ -273,3 +276,30 @@ def test_write_series_refuses_no_volumes_and_joins_mixed_grids(tmp_path):
     with pytest.raises(RuntimeError):
         write_series(volumes, tmp_path / "s.nii")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])  # streamed, and read whole then cut
+def test_series_box_grid_and_frame_means_equal_the_whole_series(tmp_path, suffix):
+    volumes = _frames(5)
+    path = write_series(volumes, tmp_path / f"s{suffix}", time_origin=1.0, time_spacing=2.0)
+    whole = sitk.ReadImage(str(path))
+    box = read_series_box(path, (2, 1, 3), (4, 3, 2))
+    expected = whole[2:6, 1:4, 3:5, :]
+    assert np.array_equal(sitk.GetArrayViewFromImage(box), sitk.GetArrayViewFromImage(expected))
+    assert same_geometry(box, expected, tolerance=1e-9)
+    grid = read_volume_grid(path)
+    assert same_geometry(grid, series_to_volumes(whole)[0], tolerance=1e-9)
+    assert grid.GetPixelID() == sitk.sitkUInt8  # a grid only: the header, no voxels read
+    means = read_frame_means(path, slab=2)  # slabs of 2 of the 5 slices: a partial last one
+    np.testing.assert_allclose(
+        means, sitk.GetArrayViewFromImage(whole).mean(axis=(1, 2, 3), dtype=float), rtol=1e-12
+    )
+
+
+def test_series_readers_refuse_a_missing_file_and_a_volume(tmp_path):
+    with pytest.raises(PrimageInputError, match="DCE file does not exist"):
+        read_volume_grid(tmp_path / "none.nii", role="DCE")
+    path = tmp_path / "v.nii"
+    sitk.WriteImage(_frames(1)[0], str(path))
+    with pytest.raises(PrimageInputError, match="is 3D; a 4D image is expected"):
+        read_series_box(path, (0, 0, 0), (1, 1, 1))

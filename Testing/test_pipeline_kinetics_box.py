@@ -32,15 +32,18 @@ def run(tmp_path_factory):
     cohort = tmp_path_factory.mktemp("cohort")
     case = write_small_case(cohort / "case", 0, roles=("dwi", "dce"))
     out = tmp_path_factory.mktemp("out")
-    reads: list[str] = []
-    original = steps.read_image
+    reads: list[str] = []  # whole images read, and boxes ("box:" + path)
 
-    def counted(path, *args, **kwargs):
-        reads.append(str(path))
-        return original(path, *args, **kwargs)
+    def counted(function, prefix):
+        def wrapper(path, *args, **kwargs):
+            reads.append(prefix + str(path))
+            return function(path, *args, **kwargs)
+
+        return wrapper
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(steps, "read_image", counted)
+        patch.setattr(steps, "read_image", counted(steps.read_image, ""))
+        patch.setattr(steps, "read_series_box", counted(steps.read_series_box, "box:"))
         result = run_cohort(cohort, CONFIG, out, workers=0)
     assert not result.failed
     return case, out / "case", reads
@@ -60,11 +63,12 @@ def _array(path):
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def test_each_series_is_read_once(run):
+def test_only_the_box_of_each_series_is_read_once(run):
     _, folder, reads = run
     for role in ("dwi", "dce"):
         path = str(folder / "register" / step_image_name(role))
-        assert reads.count(path) == 1, role
+        assert reads.count("box:" + path) == 1, role
+        assert reads.count(path) == 0, role  # never the whole series
 
 
 def test_box_is_smaller_than_the_grid_and_maps_stay_on_the_full_grid(run):

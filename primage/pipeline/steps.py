@@ -24,7 +24,16 @@ import numpy as np
 import SimpleITK as sitk
 
 from primage.errors import PrimageInputError
-from primage.io import read_image, series_to_volumes, write_image, write_json, write_series
+from primage.io import (
+    read_frame_means,
+    read_image,
+    read_series_box,
+    read_volume_grid,
+    series_to_volumes,
+    write_image,
+    write_json,
+    write_series,
+)
 from primage.pipeline.cohort import Case
 from primage.pipeline.config import SERIES_4D, step_image_name
 from primage.pipeline.units import FileHashes, Unit, UnitOutcome, run_unit
@@ -650,15 +659,23 @@ class _Cropped:
         return _write(pasted, path)
 
 
-def _crop_to_region(
-    series: sitk.Image, grid: sitk.Image, tumour: sitk.Image, region: sitk.Image
-) -> _Cropped:
+def _read_region(path: Path, role: str, tumour: sitk.Image, margin_mm: float) -> _Cropped:
+    """The series of ``path`` inside the box of the tumour grown by ``margin_mm``: only that
+    box is read (streamed from an uncompressed file), with the tumour and region cut alike."""
+    from primage.registration.core import dilate_mask
+
+    grid = read_volume_grid(path, role=role)
+    tumour = sitk.Resample(
+        sitk.Cast(tumour != 0, sitk.sitkUInt8), grid, sitk.Transform(),
+        sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8,
+    )  # fmt: skip
+    region = dilate_mask(tumour, margin_mm)
     inside = np.argwhere(sitk.GetArrayViewFromImage(region) > 0)
     if inside.size == 0:
         raise PrimageInputError("the tumour mask is empty on the series grid")
     low = inside.min(axis=0)[::-1].tolist()
     size = (inside.max(axis=0)[::-1] + 1 - inside.min(axis=0)[::-1]).tolist()
-    cut = sitk.Extract(series, [*size, series.GetSize()[3]], [*low, 0])  # ROI: no 4D float
+    cut = read_series_box(path, low, size, role=role)
     tumour = sitk.RegionOfInterest(tumour, size, low)
     region = sitk.RegionOfInterest(region, size, low)
     return _Cropped(cut, tumour, region, sitk.GetArrayFromImage(tumour) > 0, grid, tuple(low))
@@ -673,9 +690,7 @@ def _kinetics_units(ctx: CaseContext) -> tuple[list[Unit], list[str]]:
         roi_statistics,
         tofts_maps,
     )
-    from primage.kinetics.dce import concentration_image, dynamic_statistics, prepare_dce
-    from primage.kinetics.series import reference_volume
-    from primage.registration.core import dilate_mask
+    from primage.kinetics.dce import check_frame_times, concentration_image, mean_curve_arrival
 
     options = ctx.config["kinetics"]
     notes: list[str] = []
@@ -689,20 +704,16 @@ def _kinetics_units(ctx: CaseContext) -> tuple[list[Unit], list[str]]:
 
     def prepare(role: str, path: Path) -> _Cropped:
         if role not in prepared:
-            series = read_image(path, dimension=4, role=role)
             tumour = read_image(mask_path, role="tumour mask")
-            grid = reference_volume(series)
-            tumour = sitk.Resample(
-                sitk.Cast(tumour != 0, sitk.sitkUInt8), grid, sitk.Transform(),
-                sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8,
-            )  # fmt: skip
-            region = dilate_mask(tumour, options["margin_mm"])
-            prepared[role] = _crop_to_region(series, grid, tumour, region)
+            prepared[role] = _read_region(path, role, tumour, options["margin_mm"])
             if role == "dce" and options["tofts"]["enabled"]:
                 # The concentration's baseline frames come from the whole series' mean
-                # curve, as on the uncut series.
-                voxels, times = prepare_dce(series, _index_values(ctx, role))
-                prepared[role].baseline_frames = dynamic_statistics(voxels, times, None)[2]
+                # curve, as on the uncut series (streamed: the series is never whole).
+                times = check_frame_times(
+                    _index_values(ctx, role), prepared[role].series.GetSize()[3]
+                )
+                arrival = mean_curve_arrival(read_frame_means(path, role=role), times)
+                prepared[role].baseline_frames = int(np.count_nonzero(times <= arrival + 1e-9))
         return prepared[role]
 
     def add(name: str, role: str, settings: dict, work: Callable) -> None:

@@ -149,7 +149,8 @@ def read_frame_means(path: str | os.PathLike, *, role: str = "series", slab: int
     reader = _header(path, 4, role)
     nx, ny, nz, frames = (int(n) for n in reader.GetSize())
     if image_suffix(path) != ".nii":  # compressed or not known to stream: read once
-        whole = sitk.GetArrayViewFromImage(read_image(path, dimension=4, role=role))
+        series = read_image(path, dimension=4, role=role)  # referenced: the view needs it
+        whole = sitk.GetArrayViewFromImage(series)
         return whole.sum(axis=(1, 2, 3), dtype=float) / (nx * ny * nz)
     total = np.zeros(frames)
     for first in range(0, nz, slab):

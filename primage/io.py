@@ -70,18 +70,25 @@ def read_image(path: str | os.PathLike, *, dimension: int = 3, role: str = "imag
                 f"{role} {path} has an invalid voxel spacing in its header; every spacing "
                 f"must be > 0 ({first_line[:160]})"
             ) from None
-        raise PrimageInputError(
-            f"{role} file is not an image SimpleITK can read: {path}"
-            + (f" ({first_line[:160]})" if first_line else "")
-        ) from None
+        raise _unreadable(role, path, first_line) from None
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise PrimageInputError(
-            f"{role} {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-            "a scalar image is expected"
-        )
+        raise _not_scalar(role, path, image.GetNumberOfComponentsPerPixel())
     image = _match_dimension(image, dimension, role, path)
     check_spacing(image, role=f"{role} {path}")
     return image
+
+
+def _unreadable(role: str, path: Path, detail: str) -> PrimageInputError:
+    return PrimageInputError(
+        f"{role} file is not an image SimpleITK can read: {path}"
+        + (f" ({detail[:160]})" if detail else "")
+    )
+
+
+def _not_scalar(role: str, path: Path, components: int) -> PrimageInputError:
+    return PrimageInputError(
+        f"{role} {path} has {components} components per voxel; a scalar image is expected"
+    )
 
 
 def _header(path: str | os.PathLike, dimension: int, role: str) -> sitk.ImageFileReader:
@@ -95,14 +102,9 @@ def _header(path: str | os.PathLike, dimension: int, role: str) -> sitk.ImageFil
         reader.ReadImageInformation()
     except RuntimeError as error:
         last = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-        raise PrimageInputError(
-            f"{role} file is not an image SimpleITK can read: {path}"
-            + (f" ({last[:160]})" if last else "")
-        ) from None
+        raise _unreadable(role, path, last) from None
     if reader.GetNumberOfComponents() != 1:
-        raise PrimageInputError(
-            f"{role} {path} has {reader.GetNumberOfComponents()} components per voxel; a scalar image is expected"
-        )
+        raise _not_scalar(role, path, reader.GetNumberOfComponents())
     if reader.GetDimension() != dimension:
         raise PrimageInputError(
             f"{role} {path} is {reader.GetDimension()}D; a {dimension}D image is expected"

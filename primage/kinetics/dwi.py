@@ -188,76 +188,69 @@ def fit_monoexponential(
     standard error or lowers the RSS by less than ``rtol`` relative. Returns a, d and the
     covariance (n, 2, 2) of (a, d): RSS / (len(b) - 2) x inv(J^T J), as
     :func:`levenberg_marquardt` gives it; the same minimum at about a third of its time
-    (tested against it).
+    (tested against it). The voxels still iterating are kept compact, so the few slow
+    ones cost little.
     """
     points, n = y.shape
     column = b[:, None]
-    d = np.clip(np.asarray(start, dtype=float), lower, upper)
+    dof = max(points - 2, 1)
+
+    def dot(p, q):
+        return np.einsum("bn,bn->n", p, q)
 
     def project(d_values, data):
         decay = np.exp(-column * d_values)
-        energy = np.einsum("bn,bn->n", decay, decay)
-        overlap = np.einsum("bn,bn->n", data, decay)
+        energy = dot(decay, decay)
+        overlap = dot(data, decay)
         amplitude = np.maximum(overlap / energy, 0.0)
         residual = data - amplitude * decay
-        return (
-            decay,
-            energy,
-            overlap,
-            amplitude,
-            residual,
-            np.einsum("bn,bn->n", residual, residual),
-        )
+        return decay, energy, overlap, amplitude, residual, dot(residual, residual)
 
-    decay, energy, overlap, amplitude, residual, rss = project(d, y)
-    scale = np.ones(n)  # step fraction: halved after a step that did not lower the RSS
-    live = np.ones(n, dtype=bool)
-    dof = max(points - 2, 1)
+    d_out = np.clip(np.asarray(start, dtype=float), lower, upper)
+    # The voxels still iterating, compacted as they finish (columns of the 2D arrays).
+    index, data, d = np.arange(n), y, d_out.copy()
+    decay, energy, overlap, amplitude, residual, rss = project(d, data)
+    scale = np.ones(n)  # step fraction: cut after a step that did not lower the RSS
     for _ in range(max_iterations):
-        w = np.flatnonzero(live)
-        if w.size == 0:
-            break
-        e, a, r = decay[:, w], amplitude[w], residual[:, w]
-        slope = -column * e  # d(decay)/dd
+        slope = -column * decay  # d(decay)/dd
         # d(amplitude)/dd of the projection (0 where the amplitude sits on its bound)
-        denominator = energy[w] ** 2
-        da = (
-            np.einsum("bn,bn->n", y[:, w], slope) * energy[w]
-            - overlap[w] * 2.0 * np.einsum("bn,bn->n", e, slope)
-        ) / denominator
-        da[a <= 0] = 0.0
-        jacobian = -(da * e + a * slope)  # d(residual)/dd
-        curvature = np.maximum(np.einsum("bn,bn->n", jacobian, jacobian), 1e-300)
-        step = -np.einsum("bn,bn->n", jacobian, r) / curvature * scale[w]
-        trial = np.clip(d[w] + step, lower, upper)
-        t_decay, t_energy, t_overlap, t_amplitude, t_residual, t_rss = project(trial, y[:, w])
-        better = t_rss <= rss[w]
-        gain = rss[w] - t_rss
-        moved = np.abs(trial - d[w])
-        se = np.sqrt(np.maximum(rss[w], 0.0) / dof / curvature)
-        kept = w[better]
-        d[kept] = trial[better]
-        decay[:, kept] = t_decay[:, better]
-        energy[kept], overlap[kept] = t_energy[better], t_overlap[better]
-        amplitude[kept], residual[:, kept] = t_amplitude[better], t_residual[:, better]
-        rss[kept] = t_rss[better]
-        scale[kept] = 1.0
-        scale[w[~better]] *= 0.25
-        small = moved <= setol * se
-        done = better & (small | (gain <= rtol * np.maximum(rss[w] + gain, 1e-300)))
-        done |= ~better & (small | (scale[w] < 1e-6))
-        live[w[done]] = False
-    # Covariance from the full Jacobian of the model in (a, d).
-    by_a, by_d = decay, -amplitude * column * decay
-    saa = np.einsum("bn,bn->n", by_a, by_a)
-    sad = np.einsum("bn,bn->n", by_a, by_d)
-    sdd = np.einsum("bn,bn->n", by_d, by_d)
+        da = (dot(data, slope) * energy - overlap * 2.0 * dot(decay, slope)) / energy**2
+        da[amplitude <= 0] = 0.0
+        jacobian = -(da * decay + amplitude * slope)  # d(residual)/dd
+        curvature = np.maximum(dot(jacobian, jacobian), 1e-300)
+        trial = np.clip(d - dot(jacobian, residual) / curvature * scale, lower, upper)
+        se = np.sqrt(np.maximum(rss, 0.0) / dof / curvature)
+        t_decay, t_energy, t_overlap, t_amplitude, t_residual, t_rss = project(trial, data)
+        better = t_rss <= rss
+        gain = rss - t_rss
+        small = np.abs(trial - d) <= setol * se
+        d = np.where(better, trial, d)
+        scale = np.where(better, 1.0, scale * 0.25)
+        done = (better & (small | (gain <= rtol * np.maximum(rss, 1e-300)))) | (
+            ~better & (small | (scale < 1e-6))
+        )
+        rss = np.where(better, t_rss, rss)
+        d_out[index[done]] = d[done]
+        if done.all():
+            break
+        keep = np.flatnonzero(~done) if done.any() else slice(None)
+        index, d, scale, rss, better = index[keep], d[keep], scale[keep], rss[keep], better[keep]
+        data = data[:, keep]
+        decay = np.where(better, t_decay[:, keep], decay[:, keep])
+        residual = np.where(better, t_residual[:, keep], residual[:, keep])
+        energy = np.where(better, t_energy[keep], energy[keep])
+        overlap = np.where(better, t_overlap[keep], overlap[keep])
+        amplitude = np.where(better, t_amplitude[keep], amplitude[keep])
+    d_out[index] = d
+    decay, energy, overlap, amplitude, residual, rss = project(d_out, y)
+    by_d = -amplitude * column * decay
+    saa, sad, sdd = energy, dot(decay, by_d), dot(by_d, by_d)
     with np.errstate(divide="ignore", invalid="ignore"):
         factor = (rss / (points - 2) if points > 2 else np.full(n, np.nan)) / (saa * sdd - sad**2)
         covariance = np.empty((n, 2, 2))
         covariance[:, 0, 0], covariance[:, 1, 1] = sdd * factor, saa * factor
         covariance[:, 0, 1] = covariance[:, 1, 0] = -sad * factor
-    return amplitude, d, covariance
+    return amplitude, d_out, covariance
 
 
 def fit_adc(

@@ -17,6 +17,7 @@ from primage.preprocessing import (
     load_preset,
     run_steps,
     run_steps_series,
+    run_steps_volumes,
     validate_steps,
 )
 from primage.preprocessing import filters as F
@@ -457,6 +458,28 @@ def test_run_steps_takes_3d_and_the_series_version_takes_4d():
     np.testing.assert_allclose(second, sitk.GetArrayViewFromImage(single.image), rtol=1e-6)
     with pytest.raises(PrimageInputError, match="4D"):
         run_steps_series(noisy, [{"step": "zscore"}])
+
+
+def test_series_volumes_written_apart_equal_the_joined_series(tmp_path):
+    """The pipeline writes the volumes one by one (no joined copy); the file must be the
+    one the joined series gives, byte for byte, with the 4th axis kept."""
+    from primage.io import read_image, volumes_to_series, write_image, write_series
+
+    rng = np.random.default_rng(5)
+    frames = [
+        sitk.GetImageFromArray(rng.normal(100, 10, (6, 7, 8)).astype(np.float32)) for _ in range(4)
+    ]
+    for frame in frames:
+        frame.SetSpacing((0.7, 0.8, 2.5))
+        frame.SetOrigin((3.0, -4.0, 5.0))
+    series = volumes_to_series(frames, time_spacing=3.5)
+    steps = [{"step": "anisotropic_diffusion", "iterations": 1}]
+    apart = run_steps_volumes(series, steps)
+    assert len(apart.volumes) == 4 and apart.time_spacing == 3.5 and apart.bias_fields is None
+    written = write_series(apart.volumes, tmp_path / "apart.nii", time_spacing=apart.time_spacing)
+    joined = write_image(run_steps_series(series, steps).image, tmp_path / "joined.nii")
+    assert written.read_bytes() == joined.read_bytes()
+    assert read_image(written, dimension=4).GetSpacing()[3] == 3.5
 
 
 # --- presets --------------------------------------------------------------------------

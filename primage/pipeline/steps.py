@@ -124,7 +124,7 @@ def _run(ctx: CaseContext, step: str, units: list[Unit], outcome: StepOutcome, p
 
 def step_preprocess(ctx: CaseContext, progress) -> StepOutcome:
     """Every series with a preset through :func:`primage.preprocessing.run_steps` (4D: per volume)."""
-    from primage.preprocessing import load_preset, run_steps, run_steps_series
+    from primage.preprocessing import load_preset, run_steps, run_steps_volumes
 
     outcome = StepOutcome()
     presets = ctx.config["preprocess"]["presets"]
@@ -137,11 +137,19 @@ def step_preprocess(ctx: CaseContext, progress) -> StepOutcome:
 
         def run(folder: Path, role=role, path=path, preset=preset):
             image = read_image(path, dimension=_dimension(role), role=role)
+            target = folder / step_image_name(role)
             if image.GetDimension() == 4:
-                result = run_steps_series(image, preset["steps"])
+                result = run_steps_volumes(image, preset["steps"])
+                del image
+                out = write_series(
+                    [anonymous(v) for v in result.volumes],
+                    target,
+                    time_origin=result.time_origin,
+                    time_spacing=result.time_spacing,
+                )
             else:
                 result = run_steps(image, preset["steps"])
-            out = _write(result.image, folder / step_image_name(role))
+                out = _write(result.image, target)
             record = write_json(
                 {"preset": preset["name"], "source": preset["source"], "steps": result.records},
                 folder / f"{role}.json",

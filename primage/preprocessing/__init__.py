@@ -9,19 +9,23 @@ from primage.preprocessing.presets import list_presets, load_preset
 from primage.preprocessing.steps import (
     STEPS,
     PreprocessingResult,
+    SeriesResult,
     describe_steps,
     run_steps,
     run_steps_series,
+    run_steps_volumes,
     validate_steps,
 )
 
 __all__ = [
     "STEPS",
     "PreprocessingResult",
+    "SeriesResult",
     "describe_steps",
     "list_presets",
     "load_preset",
     "run_steps",
     "run_steps_series",
+    "run_steps_volumes",
     "validate_steps",
 ]

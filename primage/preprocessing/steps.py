@@ -457,6 +457,71 @@ def run_steps(
     return PreprocessingResult(filters.as_float32(current), bias_field, records)
 
 
+@dataclass
+class SeriesResult:
+    """What :func:`run_steps_volumes` returns: the processed 3D ``volumes`` of a 4D series
+    in order, their N4 ``bias_fields`` (``None`` without N4), the ``records`` of the first
+    volume with ``seconds`` summed over all volumes and ``volumes`` added, and the
+    series' 4th-axis ``time_origin`` and ``time_spacing`` (time or b-value index)."""
+
+    volumes: list[sitk.Image]
+    bias_fields: list[sitk.Image] | None
+    records: list[dict[str, Any]]
+    time_origin: float
+    time_spacing: float
+
+    def joined(self) -> PreprocessingResult:
+        """The result as one 4D series (and a 4D bias field)."""
+        origin, spacing = self.time_origin, self.time_spacing
+        bias = None
+        if self.bias_fields is not None:
+            bias = sitk.JoinSeries(self.bias_fields, origin, spacing)
+        return PreprocessingResult(
+            sitk.JoinSeries(self.volumes, origin, spacing), bias, self.records
+        )
+
+
+def run_steps_volumes(
+    series: sitk.Image,
+    steps: Sequence[Mapping[str, Any]],
+    *,
+    mask: sitk.Image | None = None,
+    reference: sitk.Image | None = None,
+    progress: ProgressCallback | None = None,
+) -> SeriesResult:
+    """Apply ``steps`` to every 3D volume of a 4D series (b-values, time frames), each
+    independently with the same settings; the volumes stay apart (write them with
+    :func:`primage.io.write_series` without joining a copy of the whole series)."""
+    validate_steps(steps)
+    if series.GetDimension() != 4:
+        raise PrimageInputError(f"expected a 4D series, got a {series.GetDimension()}D image")
+    volumes = series_to_volumes(series)
+    if mask is not None:  # resample (and warn) once, not once per volume
+        mask = mask_on_image_grid(mask, volumes[0])
+    results = []
+    for index in range(len(volumes)):
+        part = sub_progress(progress, index / len(volumes), (index + 1) / len(volumes))
+        label = f"volume {index + 1}/{len(volumes)}"
+        results.append(
+            run_steps(
+                volumes[index],
+                steps,
+                mask=mask,
+                reference=reference,
+                progress=lambda f, m, p=part, label=label: p(f, f"{label}: {m}"),
+            )
+        )
+        volumes[index] = None  # the input volume is no longer needed
+    records = [dict(record) for record in results[0].records]
+    for position, record in enumerate(records):
+        record["seconds"] = round(sum(r.records[position]["seconds"] for r in results), 4)
+        record["volumes"] = len(results)
+    bias = [r.bias_field for r in results] if results[0].bias_field is not None else None
+    return SeriesResult(
+        [r.image for r in results], bias, records, series.GetOrigin()[3], series.GetSpacing()[3]
+    )
+
+
 def run_steps_series(
     series: sitk.Image,
     steps: Sequence[Mapping[str, Any]],
@@ -472,36 +537,9 @@ def run_steps_series(
     with ``seconds`` summed over all volumes and ``volumes`` added; ``bias_field`` is a
     4D series when the steps contain N4 (one field per volume).
     """
-    validate_steps(steps)
-    if series.GetDimension() != 4:
-        raise PrimageInputError(f"expected a 4D series, got a {series.GetDimension()}D image")
-    volumes = series_to_volumes(series)
-    if mask is not None:  # resample (and warn) once, not once per volume
-        mask = mask_on_image_grid(mask, volumes[0])
-    results = []
-    for index, volume in enumerate(volumes):
-        part = sub_progress(progress, index / len(volumes), (index + 1) / len(volumes))
-        label = f"volume {index + 1}/{len(volumes)}"
-        results.append(
-            run_steps(
-                volume,
-                steps,
-                mask=mask,
-                reference=reference,
-                progress=lambda f, m, p=part, label=label: p(f, f"{label}: {m}"),
-            )
-        )
-    records = [dict(record) for record in results[0].records]
-    for position, record in enumerate(records):
-        record["seconds"] = round(sum(r.records[position]["seconds"] for r in results), 4)
-        record["volumes"] = len(results)
-    # Keep the series' 4th-axis origin and spacing (time or b-value index).
-    origin, spacing = series.GetOrigin()[3], series.GetSpacing()[3]
-    image = sitk.JoinSeries([r.image for r in results], origin, spacing)
-    bias = None
-    if results[0].bias_field is not None:
-        bias = sitk.JoinSeries([r.bias_field for r in results], origin, spacing)
-    return PreprocessingResult(image, bias, records)
+    return run_steps_volumes(
+        series, steps, mask=mask, reference=reference, progress=progress
+    ).joined()
 
 
 def describe_steps() -> list[dict[str, Any]]:

@@ -125,7 +125,10 @@ def test_same_frame_is_resampled_only_and_the_setting_reruns_it(tmp_path):
     t2w = sitk.ReadImage(str(folder / "t2w.nii.gz"))
     ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
     expected = sitk.GetArrayFromImage(resample_to_fixed(ct, t2w, sitk.Transform()))
-    written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "c1" / "register" / "ct.nii.gz")))
+    # Step images are plain NIfTI (ITK would also find a .nii.gz under the other name).
+    assert not list((out / "c1").glob("*/ct.nii.gz"))
+    assert {p.parent.name for p in (out / "c1").glob("*/ct.nii")} == {"register"}
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "c1" / "register" / "ct.nii")))
     np.testing.assert_array_equal(written, expected)
 
     summary = json.loads((out / "c1" / "summary.json").read_text())
@@ -149,7 +152,7 @@ def test_same_frame_is_resampled_only_and_the_setting_reruns_it(tmp_path):
     assert _finished(out) != first
     qc = _qc(out)
     assert qc["alignment"] == "registered" and "registered with mr-ct" in qc["alignment_reason"]
-    grid = sitk.ReadImage(str(out / "c1" / "register" / "ct.nii.gz"))
+    grid = sitk.ReadImage(str(out / "c1" / "register" / "ct.nii"))
     truth = sitk.TranslationTransform(3, SHIFT_MM)
     found = read_transform(out / "c1" / "register" / "ct_to_t2w.tfm")
     assert transform_error(found, truth, grid)["mean_mm"] < 1.0  # the known shift is found
@@ -184,7 +187,7 @@ def test_refinement_kept_only_when_better_and_within_the_bound(tmp_path):
     check = qc["registration"]["refinement"]
     assert qc["alignment"] == "refined", qc["alignment_reason"]
     assert check["kept"] and check["mutual_information_after"] > check["mutual_information_before"]
-    grid = sitk.ReadImage(str(out / "c1" / "register" / "ct.nii.gz"))
+    grid = sitk.ReadImage(str(out / "c1" / "register" / "ct.nii"))
     found = read_transform(out / "c1" / "register" / "ct_to_t2w.tfm")
     truth = sitk.TranslationTransform(3, SHIFT_MM)
     assert transform_error(found, truth, grid)["mean_mm"] < 1.0

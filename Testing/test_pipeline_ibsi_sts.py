@@ -16,6 +16,7 @@ from _shared_data import IBSI_STS_CASES, ibsi_sts_dicom
 
 from primage.cli import main
 from primage.pipeline import discover_cohort, run_cohort
+from primage.pipeline.config import step_image_name
 from primage.registration import resample_to_fixed
 from primage.registration.core import read_transform
 from primage.registration.truth import transform_error
@@ -74,7 +75,7 @@ def test_coregistered_series_are_left_where_they_are(run):
             # On the CT grid exactly as the scanner coordinates put it.
             moving = sitk.ReadImage(str(case.series[role]))
             expected = resample_to_fixed(moving, fixed, sitk.Transform())
-            written = sitk.ReadImage(str(folder / f"{role}.nii.gz"))
+            written = sitk.ReadImage(str(folder / step_image_name(role)))
             np.testing.assert_array_equal(
                 sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(expected)
             )

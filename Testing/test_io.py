@@ -251,11 +251,13 @@ def _frames(count, pixel=np.float32):
     return volumes
 
 
+@pytest.mark.parametrize("given", ["list", "iterator"])  # an iterator: written as it comes
 @pytest.mark.parametrize("pixel", [np.float32, np.int16])
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd"])
-def test_write_series_equals_writing_the_joined_series(tmp_path, pixel, suffix):
+def test_write_series_equals_writing_the_joined_series(tmp_path, pixel, suffix, given):
     volumes = _frames(6, pixel)
-    ours = write_series(volumes, tmp_path / f"ours{suffix}", time_origin=3.0, time_spacing=2.5)
+    source = volumes if given == "list" else (v for v in volumes)
+    ours = write_series(source, tmp_path / f"ours{suffix}", time_origin=3.0, time_spacing=2.5)
     joined = sitk.JoinSeries(volumes, 3.0, 2.5)
     theirs = tmp_path / f"itk{suffix}"
     sitk.WriteImage(joined, str(theirs))
@@ -276,6 +278,20 @@ def test_write_series_refuses_no_volumes_and_joins_mixed_grids(tmp_path):
     with pytest.raises(RuntimeError):
         write_series(volumes, tmp_path / "s.nii")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_series_refuses_a_streamed_frame_on_another_grid_and_leaves_no_file(tmp_path):
+    volumes = _frames(5)
+    volumes[3].SetOrigin((11.0, -4.0, 2.5))
+    with pytest.raises(PrimageInputError, match="frame 3 of s.nii is on another grid"):
+        write_series(iter(volumes), tmp_path / "s.nii")
+    assert list(tmp_path.iterdir()) == []
+    two = _frames(2)  # nothing appended after ITK's first two frames
+    path = write_series(iter(two), tmp_path / "two.nii")
+    assert np.array_equal(
+        sitk.GetArrayViewFromImage(sitk.ReadImage(str(path))),
+        sitk.GetArrayViewFromImage(sitk.JoinSeries(two)),
+    )
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])  # streamed, and read whole then cut

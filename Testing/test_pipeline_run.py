@@ -8,12 +8,14 @@ import csv
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import pytest
 from _pipeline_data import PLANTED_NAME, files_containing, plant_name_in_header, write_small_case
 
 from primage.pipeline import run_cohort
 from primage.pipeline.case import PipelineAborted
+from primage.pipeline.units import HASH_STORE, FileHashes
 
 # Fewer radiomics images than the default keeps the suite fast; every step still runs.
 CONFIG = {
@@ -199,3 +201,35 @@ def test_killed_run_resumes_and_a_changed_setting_reruns_only_its_step(tmp_path)
     run_cohort(cohort, changed, out, workers=0)
     again = _units(out)
     assert {key for key in again if again[key] != after[key]} == {("kinetics", "adc")}
+
+
+def test_file_digests_outlive_the_process_and_a_rewritten_file_is_hashed_again(
+    tmp_path, monkeypatch
+):
+    image = tmp_path / "Smith_Joan" / "t2w.nii"
+    image.parent.mkdir()
+    image.write_bytes(b"a" * 4096)
+    store = tmp_path / HASH_STORE
+    first = FileHashes(store)
+    assert first(image) == hashlib.sha256(b"a" * 4096).hexdigest()
+    first.save()
+    assert "Smith" not in store.read_text()  # paths can identify a patient
+
+    opened = []
+    real_open = Path.open
+
+    def spy(self, *args, **kwargs):
+        opened.append(self)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", spy)
+    # Another process (a new FileHashes on the store) does not read an unchanged file.
+    assert FileHashes(store)(image) == hashlib.sha256(b"a" * 4096).hexdigest()
+    assert image not in opened
+    # Rewritten with the same size: a new mtime, so it is read and hashed again.
+    image.write_bytes(b"b" * 4096)
+    assert FileHashes(store)(image) == hashlib.sha256(b"b" * 4096).hexdigest()
+    assert image in opened
+    # A damaged store is ignored, not trusted.
+    store.write_text("{not json")
+    assert FileHashes(store)(image) == hashlib.sha256(b"b" * 4096).hexdigest()

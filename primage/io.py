@@ -8,6 +8,7 @@ a half-written output and an input is never overwritten.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import tempfile
 import warnings
 import zlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -208,21 +209,28 @@ def replace_nonfinite(image: sitk.Image, value: float = 0.0) -> sitk.Image:
     return result
 
 
-def series_to_volumes(series: sitk.Image) -> list[sitk.Image]:
-    """Split a 4D image into its 3D volumes, keeping the spatial geometry (3x3 part)."""
+def series_volume(series: sitk.Image, index: int) -> sitk.Image:
+    """Volume ``index`` of a 4D series, keeping the spatial geometry (3x3 part)."""
     if series.GetDimension() != 4:
         raise PrimageInputError(f"expected a 4D series, got a {series.GetDimension()}D image")
     size = list(series.GetSize())
-    count = size[3]
     size[3] = 0
-    volumes = []
-    for index in range(count):
-        volumes.append(
-            sitk.Extract(
-                series, size, [0, 0, 0, index], sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX
-            )
-        )
-    return volumes
+    return sitk.Extract(
+        series, size, [0, 0, 0, int(index)], sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX
+    )
+
+
+def iter_series_volumes(series: sitk.Image) -> Iterator[sitk.Image]:
+    """The 3D volumes of a 4D series one at a time (only one extra volume in memory)."""
+    if series.GetDimension() != 4:
+        raise PrimageInputError(f"expected a 4D series, got a {series.GetDimension()}D image")
+    for index in range(series.GetSize()[3]):
+        yield series_volume(series, index)
+
+
+def series_to_volumes(series: sitk.Image) -> list[sitk.Image]:
+    """Split a 4D image into its 3D volumes, keeping the spatial geometry (3x3 part)."""
+    return list(iter_series_volumes(series))
 
 
 def volumes_to_series(volumes: Sequence[sitk.Image], *, time_spacing: float = 1.0) -> sitk.Image:
@@ -423,7 +431,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
 
 
 def write_series(
-    volumes: Sequence[sitk.Image],
+    volumes: Iterable[sitk.Image],
     path: str | os.PathLike,
     *,
     time_origin: float = 0.0,
@@ -433,44 +441,71 @@ def write_series(
     ``time_spacing``), atomically, as ``write_image(sitk.JoinSeries(...))`` would.
 
     For uncompressed NIfTI the series is never joined in memory: ITK writes the header
-    and first two frames, the frame count is set in the header and the other frames are
-    appended as they are (NIfTI stores frame after frame), which for a registered
-    60-frame DCE series saves a 1 GB copy and most of the writing time. Other formats
-    (``.nii.gz``, ``.nrrd``, ...) are joined and written by :func:`write_image`.
+    and first two frames, the other frames are appended as they are (NIfTI stores frame
+    after frame) and the frame count is set in the header last, which for a registered
+    60-frame DCE series saves a 1 GB copy and most of the writing time. ``volumes`` may
+    be an iterator (e.g. frames resampled one by one): each frame is then written as it
+    comes and may be freed, and one on another grid or of another pixel type than the
+    first is refused. Other formats (``.nii.gz``, ``.nrrd``, ...) are joined and written
+    by :func:`write_image`.
     """
     path = Path(path)
-    volumes = list(volumes)
-    if not volumes:
+    iterator = iter(volumes)
+    # A sequence is checked whole before writing; an iterator frame by frame.
+    head = list(itertools.islice(iterator, None if isinstance(volumes, Sequence) else 2))
+    if not head:
         raise PrimageInputError("a series needs at least one volume")
-    first = volumes[0]
-    uniform = all(
-        same_geometry(first, v, tolerance=0.0) and v.GetPixelID() == first.GetPixelID()
-        for v in volumes[1:]
-    )
-    if image_suffix(path) != ".nii" or len(volumes) < 3 or not uniform:
-        joined = sitk.JoinSeries(volumes, float(time_origin), float(time_spacing))
-        return write_image(joined, path)
+    first = head[0]
+
+    def uniform(volume: sitk.Image) -> bool:
+        return same_geometry(first, volume, tolerance=0.0) and (
+            volume.GetPixelID() == first.GetPixelID()
+        )
+
+    def joined() -> Path:
+        every = head + list(iterator)
+        return write_image(sitk.JoinSeries(every, float(time_origin), float(time_spacing)), path)
+
+    if image_suffix(path) != ".nii" or len(head) < 2 or not all(uniform(v) for v in head[1:]):
+        return joined()
     handle, temporary = _atomic_target(path)
     os.close(handle)
+    appending = False
     try:
-        start = sitk.JoinSeries(volumes[:2], float(time_origin), float(time_spacing))
+        start = sitk.JoinSeries(head[:2], float(time_origin), float(time_spacing))
         sitk.WriteImage(start, temporary, useCompression=False)
+        del start
         with open(temporary, "r+b") as stream:
             header = stream.read(348)
             order = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
             dims = struct.unpack(order + "8h", header[40:56])
             if struct.unpack(order + "i", header[:4])[0] != 348 or dims[0] != 4 or dims[4] != 2:
                 raise ValueError("not the expected NIfTI-1 header")  # handled below
-            stream.seek(40 + 2 * 4)  # dim[4]: the number of frames
-            stream.write(struct.pack(order + "h", len(volumes)))
+            count = 2
             stream.seek(0, os.SEEK_END)
-            for volume in volumes[2:]:
+            later = itertools.chain(head[2:], iterator)
+            del head[1:]  # a streamed frame is freed once written
+            appending = True
+            for volume in later:
+                if not uniform(volume):
+                    raise PrimageInputError(
+                        f"frame {count} of {path.name} is on another grid or of another "
+                        "pixel type than frame 0"
+                    )
                 stream.write(np.ascontiguousarray(sitk.GetArrayViewFromImage(volume)).data)
+                count += 1
+                del volume
+            if count > 32767:
+                raise PrimageInputError(f"{path.name}: NIfTI-1 holds at most 32767 frames")
+            stream.seek(40 + 2 * 4)  # dim[4]: the number of frames
+            stream.write(struct.pack(order + "h", count))
         os.chmod(temporary, _file_mode())
         os.replace(temporary, path)
     except ValueError:
         os.unlink(temporary)
-        return write_image(sitk.JoinSeries(volumes, float(time_origin), float(time_spacing)), path)
+        if appending:
+            raise
+        return joined()
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from primage import __version__
 from primage.errors import PrimageInputError
+from primage.memory import reuse_freed_memory
 
 #: Modules under primage.cli that each add one area of commands, in --help order.
 AREAS = (
@@ -72,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # imports (e.g. pydicom) on each command. Anything else gets the full parser.
     parser = build_parser([argv[0]] if argv[:1] and argv[0] in AREAS else AREAS)
     args = parser.parse_args(argv)
+    reuse_freed_memory()
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     try:

@@ -27,7 +27,7 @@ from primage.errors import PrimageInputError
 from primage.io import write_json, write_text
 from primage.pipeline.cohort import Case
 from primage.pipeline.steps import STEPS, CaseContext, StepOutcome
-from primage.pipeline.units import FileHashes, timestamp
+from primage.pipeline.units import HASH_STORE, FileHashes, timestamp
 
 #: Packages whose versions go into provenance.json (distribution names).
 PACKAGES = (
@@ -115,6 +115,9 @@ def run_case(
     """
     import SimpleITK as sitk
 
+    from primage.memory import reuse_freed_memory
+
+    reuse_freed_memory()  # a case allocates and frees GBs of images: reuse, do not fault
     folder = Path(output_dir) / case.case_id
     folder.mkdir(parents=True, exist_ok=True)
     steps = chain(config)
@@ -127,7 +130,7 @@ def run_case(
         case,
         config,
         folder,
-        FileHashes(),
+        FileHashes(folder / HASH_STORE),
         current=dict(case.series),
         mask=case.masks.get("reference"),
     )
@@ -194,16 +197,18 @@ def run_case(
                 raise PipelineAborted(f"test hook: stopped after {step} of {case.case_id}")
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous_threads)
+        ctx.hashes.save()
     if failure is None and error_log.exists():
         error_log.unlink()  # an old failure, fixed since
     seconds = time.perf_counter() - started
-    hashes = FileHashes()
+    hashes = ctx.hashes
     inputs = {}
     for name, path in case.input_files().items():
         try:
             inputs[name] = hashes(path)
         except OSError as error:
             inputs[name] = f"unreadable: {error.strerror}"
+    hashes.save()
     write_json(
         {
             "case_id": case.case_id,

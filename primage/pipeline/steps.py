@@ -25,11 +25,12 @@ import SimpleITK as sitk
 
 from primage.errors import PrimageInputError
 from primage.io import (
+    iter_series_volumes,
     read_frame_means,
     read_image,
     read_series_box,
     read_volume_grid,
-    series_to_volumes,
+    series_volume,
     write_image,
     write_json,
     write_series,
@@ -182,20 +183,22 @@ def representative_volume(
 ) -> sitk.Image:
     """The 3D volume of a 4D series that is registered: DWI lowest b (or mean), DCE the
     mean of the first (pre-contrast) frames."""
-    volumes = series_to_volumes(series)
+    count = series.GetSize()[3]
     if role == "dwi":
         if config["dwi_volume"] == "mean":
-            return _mean(volumes)
-        index = int(np.argmin(values)) if values is not None and len(values) == len(volumes) else 0
-        return volumes[index]
-    return _mean(volumes[: config["dce_baseline_frames"]])
+            return _mean(series, range(count))
+        index = int(np.argmin(values)) if values is not None and len(values) == count else 0
+        return series_volume(series, index)
+    return _mean(series, range(min(count, config["dce_baseline_frames"])))
 
 
-def _mean(volumes: list[sitk.Image]) -> sitk.Image:
-    arrays = [sitk.GetArrayFromImage(v).astype(np.float32) for v in volumes]
-    mean = sitk.GetImageFromArray(np.mean(arrays, axis=0, dtype=np.float64).astype(np.float32))
-    mean.CopyInformation(volumes[0])
-    return mean
+def _mean(series: sitk.Image, indices: range) -> sitk.Image:
+    """Float32 mean of the volumes ``indices`` of a 4D series (summed in Float64)."""
+    array = sitk.GetArrayViewFromImage(series)  # (t, z, y, x)
+    mean = np.mean(array[indices.start : indices.stop], axis=0, dtype=np.float64)
+    image = sitk.GetImageFromArray(mean.astype(np.float32))
+    image.CopyInformation(series_volume(series, indices.start))
+    return image
 
 
 def _index_values(ctx: CaseContext, role: str) -> np.ndarray | None:
@@ -483,17 +486,18 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
             if series.GetDimension() == 4:
                 # Linear, not B-spline: cubic overshoot can make a DWI/DCE signal negative,
                 # and negative signals cannot be fitted.
-                volumes = [
+                # Frame by frame, each written as it is resampled: never the whole
+                # resampled series (1 GB for a clinical DCE) in memory.
+                volumes = (
                     resample_to_fixed(v, fixed, transform, interpolation="linear")
-                    for v in series_to_volumes(series)
-                ]
+                    for v in iter_series_volumes(series)
+                )
                 outputs["image"] = write_series(
                     volumes,
                     folder / step_image_name(role),
                     time_origin=series.GetOrigin()[3],
                     time_spacing=series.GetSpacing()[3],
                 )
-                del volumes
             else:
                 registered = resample_to_fixed(series, fixed, transform)
                 outputs["image"] = _write(registered, folder / step_image_name(role))

@@ -25,25 +25,67 @@ from primage import __version__
 from primage.io import json_text, write_json
 
 MANIFEST = "step.json"
+#: Per case folder: the file digests of :class:`FileHashes`, kept between runs.
+HASH_STORE = "file_hashes.json"
 
 
 class FileHashes:
-    """SHA-256 of files, remembered by (path, size, mtime) within one case run."""
+    """SHA-256 of files, remembered by (path, size, mtime).
 
-    def __init__(self) -> None:
+    With ``store`` (a JSON file; :meth:`save` writes it) the digests outlive the process:
+    a case's next run, or its next step in another process, does not read unchanged
+    files again (a clinical case's images are 2-3 GB). A rewritten file has a new mtime
+    (nanoseconds), so its old digest is not used: the rule make and git's index follow.
+    """
+
+    def __init__(self, store: str | Path | None = None) -> None:
         self._cache: dict[tuple[str, int, int], str] = {}
+        self._store = Path(store) if store is not None else None
+        self._changed = False
+        self._paths: dict[str, str] = {}  # path -> its key in the store
+        self._stored: dict[str, tuple[int, int, str]] = {}
+        if self._store is not None:
+            try:
+                entries = json.loads(self._store.read_text(encoding="utf-8"))
+                self._stored = {
+                    str(name): (int(size), int(mtime), str(digest))
+                    for name, (size, mtime, digest) in entries.items()
+                }
+            except (OSError, ValueError, TypeError, AttributeError):
+                self._stored = {}  # no store yet, or a damaged one: hash again
+
+    @staticmethod
+    def _name(path: str) -> str:
+        # The store names files by a digest of their path: folder names can identify a
+        # patient, and outputs must not.
+        return hashlib.sha256(path.encode("utf-8")).hexdigest()[:32]
 
     def __call__(self, path: str | Path) -> str:
         path = Path(path)
         stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        resolved = str(path.resolve())
+        key = (resolved, stat.st_size, stat.st_mtime_ns)
         if key not in self._cache:
-            digest = hashlib.sha256()
-            with path.open("rb") as stream:
-                for block in iter(lambda: stream.read(1 << 20), b""):
-                    digest.update(block)
-            self._cache[key] = digest.hexdigest()
+            name = self._paths.setdefault(resolved, self._name(resolved))
+            stored = self._stored.get(name)
+            if stored is not None and stored[:2] == key[1:]:
+                self._cache[key] = stored[2]
+            else:
+                digest = hashlib.sha256()
+                with path.open("rb") as stream:
+                    for block in iter(lambda: stream.read(1 << 20), b""):
+                        digest.update(block)
+                self._cache[key] = digest.hexdigest()
+                self._stored[name] = (*key[1:], self._cache[key])
+                self._changed = True
         return self._cache[key]
+
+    def save(self) -> None:
+        """Write the store (atomically) if a file was hashed since it was read."""
+        if self._store is None or not self._changed:
+            return
+        write_json({name: list(entry) for name, entry in self._stored.items()}, self._store)
+        self._changed = False
 
 
 def settings_digest(settings: Any) -> str:

@@ -14,7 +14,10 @@ one ITK thread (one case per core, as a cohort runs). Each step runs in its own 
 skipped), so every step gets its own CPU seconds (user + system, all threads) and peak
 RSS; the time spent in ``primage.io.read_image`` / ``write_image`` / ``write_series`` gives the I/O share. A
 final run with nothing to do measures what a process pays around a step (start-up,
-up-to-date checks, the report). Usage:
+up-to-date checks, the report). Then the whole chain runs once more, into a fresh folder
+and in one process, as a cohort worker runs a case: that is the per-case figure the goal
+is checked on (a step's separate process also pays for fresh memory that one process
+reuses from step to step). Usage:
 
     python benchmarks/bench_case.py [--scale 1.0] [--cache DIR]
 
@@ -231,7 +234,6 @@ def make_case(folder: Path, scale: float) -> None:
 def driver(cohort: str, steps: str, out: str, report: str) -> None:
     """Child process: the pipeline with ``steps`` (comma-separated) and timed I/O."""
     import primage.io as pio
-
     import primage.registration as registration
 
     spent = {"read_s": 0.0, "write_s": 0.0}
@@ -324,6 +326,12 @@ def main(argv=None) -> int:
         result = run_step(cohort, list(STEPS[:count]), out, root / "step.json")
         rows.append((STEPS[count - 1], result))
     idle = run_step(cohort, list(STEPS), out, root / "step.json")
+    # The case as a cohort run does it: every step in one process (a worker's), where the
+    # memory a step frees serves the next one.
+    whole = root / "out-one-process"
+    shutil.rmtree(whole, ignore_errors=True)
+    chain = run_step(cohort, list(STEPS), whole, root / "step.json")
+    shutil.rmtree(whole, ignore_errors=True)
     print(
         "\n| step | step wall s | process wall s | process CPU s | peak RSS | read s | write s "
         "| I/O share of the step |"
@@ -354,16 +362,20 @@ def main(argv=None) -> int:
             units.append(f"{step}: {parts}")
     # The first unit of a kinetics role includes reading and cutting its series.
     print("\nUnit wall s (step.json): " + "; ".join(units))
-    whole_cpu = total_cpu + idle["cpu"]
+    steps_cpu = total_cpu + idle["cpu"]
     print(
-        f"\nPer case: steps {total_wall:.0f} s wall; {whole_cpu:.0f} CPU-s (each step's process "
+        f"\nSteps apart: {total_wall:.0f} s wall; {steps_cpu:.0f} CPU-s (each step's process "
         f"less the {idle['cpu']:.1f} CPU-s of a run with nothing to do, plus one such run); "
         f"peak RSS {peak:,.0f} MiB."
     )
     print(
+        f"Per case (the whole chain in one process, as a cohort worker runs it): "
+        f"{chain['wall']:.0f} s wall, {chain['cpu']:.0f} CPU-s, peak RSS {chain['rss']:,.0f} MiB."
+    )
+    print(
         f"Goals: <= {GOALS['cpu_s']:.0f} CPU-s per case: "
-        f"{'met' if whole_cpu <= GOALS['cpu_s'] else 'MISSED'}; peak <= 4 GB: "
-        f"{'met' if peak <= GOALS['rss_mib'] else 'MISSED'}."
+        f"{'met' if chain['cpu'] <= GOALS['cpu_s'] else 'MISSED'}; peak <= 4 GB: "
+        f"{'met' if max(peak, chain['rss']) <= GOALS['rss_mib'] else 'MISSED'}."
     )
     return 0
 

@@ -13,11 +13,13 @@ from primage.io import GeometryWarning, same_geometry, volumes_to_series
 from primage.preprocessing import (
     STEPS,
     PreprocessingResult,
+    iter_steps_volumes,
     list_presets,
     load_preset,
     run_steps,
     run_steps_series,
     run_steps_volumes,
+    series_records,
     validate_steps,
 )
 from primage.preprocessing import filters as F
@@ -480,6 +482,19 @@ def test_series_volumes_written_apart_equal_the_joined_series(tmp_path):
     joined = write_image(run_steps_series(series, steps).image, tmp_path / "joined.nii")
     assert written.read_bytes() == joined.read_bytes()
     assert read_image(written, dimension=4).GetSpacing()[3] == 3.5
+    # One volume at a time (what the pipeline does): the same file and the same records.
+    records = []
+
+    def one_by_one():
+        for result in iter_steps_volumes(series, steps):
+            records.append(result.records)
+            yield result.image
+
+    streamed = write_series(one_by_one(), tmp_path / "streamed.nii", time_spacing=3.5)
+    assert streamed.read_bytes() == joined.read_bytes()
+    summed = series_records(records)
+    assert [r["step"] for r in summed] == [r["step"] for r in apart.records]
+    assert summed[0]["volumes"] == 4
 
 
 # --- presets --------------------------------------------------------------------------

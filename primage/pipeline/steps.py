@@ -25,12 +25,11 @@ import SimpleITK as sitk
 
 from primage.errors import PrimageInputError
 from primage.io import (
-    iter_series_volumes,
+    SeriesFile,
     read_frame_means,
     read_image,
     read_series_box,
     read_volume_grid,
-    series_volume,
     write_image,
     write_json,
     write_series,
@@ -125,7 +124,7 @@ def _run(ctx: CaseContext, step: str, units: list[Unit], outcome: StepOutcome, p
 
 def step_preprocess(ctx: CaseContext, progress) -> StepOutcome:
     """Every series with a preset through :func:`primage.preprocessing.run_steps` (4D: per volume)."""
-    from primage.preprocessing import load_preset, run_steps, run_steps_volumes
+    from primage.preprocessing import iter_steps_volumes, load_preset, run_steps, series_records
 
     outcome = StepOutcome()
     presets = ctx.config["preprocess"]["presets"]
@@ -140,24 +139,32 @@ def step_preprocess(ctx: CaseContext, progress) -> StepOutcome:
             image = read_image(path, dimension=_dimension(role), role=role)
             target = folder / step_image_name(role)
             if image.GetDimension() == 4:
-                result = run_steps_volumes(image, preset["steps"])
-                del image
+                volume_records = []
+
+                def processed(image=image, records=volume_records):
+                    # Each volume written as it is done: the series is never whole twice.
+                    for result in iter_steps_volumes(image, preset["steps"]):
+                        records.append(result.records)
+                        yield anonymous(result.image)
+
                 out = write_series(
-                    [anonymous(v) for v in result.volumes],
+                    processed(),
                     target,
-                    time_origin=result.time_origin,
-                    time_spacing=result.time_spacing,
+                    time_origin=image.GetOrigin()[3],
+                    time_spacing=image.GetSpacing()[3],
                 )
+                records = series_records(volume_records)
             else:
                 result = run_steps(image, preset["steps"])
+                records = result.records
                 out = _write(result.image, target)
             record = write_json(
-                {"preset": preset["name"], "source": preset["source"], "steps": result.records},
+                {"preset": preset["name"], "source": preset["source"], "steps": records},
                 folder / f"{role}.json",
             )
             return {"image": out, "record": record}, {
                 "preset": preset["name"],
-                "steps": [r["step"] for r in result.records],
+                "steps": [r["step"] for r in records],
             }
 
         units.append(
@@ -178,26 +185,28 @@ def step_preprocess(ctx: CaseContext, progress) -> StepOutcome:
 # --- register -----------------------------------------------------------------------------
 
 
-def representative_volume(
-    series: sitk.Image, role: str, values: np.ndarray | None, config
-) -> sitk.Image:
+def representative_volume(series: SeriesFile, role: str, values: np.ndarray | None, config):
     """The 3D volume of a 4D series that is registered: DWI lowest b (or mean), DCE the
     mean of the first (pre-contrast) frames."""
-    count = series.GetSize()[3]
     if role == "dwi":
         if config["dwi_volume"] == "mean":
-            return _mean(series, range(count))
-        index = int(np.argmin(values)) if values is not None and len(values) == count else 0
-        return series_volume(series, index)
-    return _mean(series, range(min(count, config["dce_baseline_frames"])))
+            return _mean(series, series.count)
+        lowest = values is not None and len(values) == series.count
+        return series.volume(int(np.argmin(values)) if lowest else 0)
+    return _mean(series, min(series.count, config["dce_baseline_frames"]))
 
 
-def _mean(series: sitk.Image, indices: range) -> sitk.Image:
-    """Float32 mean of the volumes ``indices`` of a 4D series (summed in Float64)."""
-    array = sitk.GetArrayViewFromImage(series)  # (t, z, y, x)
-    mean = np.mean(array[indices.start : indices.stop], axis=0, dtype=np.float64)
-    image = sitk.GetImageFromArray(mean.astype(np.float32))
-    image.CopyInformation(series_volume(series, indices.start))
+def _mean(series: SeriesFile, count: int) -> sitk.Image:
+    """Float32 mean of the first ``count`` volumes, summed in Float64 in frame order (as
+    ``numpy.mean(..., axis=0, dtype=float64)`` sums them)."""
+    first = series.volume(0)
+    total = sitk.GetArrayFromImage(first).astype(np.float64)
+    for index in range(1, count):
+        volume = series.volume(index)  # referenced: the view does not keep it alive
+        total += sitk.GetArrayViewFromImage(volume)
+    total /= count
+    image = sitk.GetImageFromArray(total.astype(np.float32))
+    image.CopyInformation(first)
     return image
 
 
@@ -431,10 +440,11 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
             why=why,
         ):
             fixed = read_image(fixed_path, role=reference)
-            series = read_image(path, dimension=_dimension(role), role=role)
-            moving = series
-            if series.GetDimension() == 4:
+            if _dimension(role) == 4:  # read volume by volume, never whole
+                series = SeriesFile(path, role=role)
                 moving = representative_volume(series, role, _index_values(ctx, role), options)
+            else:
+                series = moving = read_image(path, role=role)
             masks = {
                 key: read_image(inputs[key], role=key.replace("_", " "))
                 for key in ("fixed_mask", "moving_mask")
@@ -483,20 +493,20 @@ def step_register(ctx: CaseContext, progress) -> StepOutcome:
             # hash differently on every run and needlessly rerun what reads it.
             outputs = {"transform": folder / f"{role}_to_{reference}.tfm"}
             write_transform(transform, outputs["transform"])
-            if series.GetDimension() == 4:
+            if isinstance(series, SeriesFile):
                 # Linear, not B-spline: cubic overshoot can make a DWI/DCE signal negative,
                 # and negative signals cannot be fitted.
                 # Frame by frame, each written as it is resampled: never the whole
                 # resampled series (1 GB for a clinical DCE) in memory.
                 volumes = (
                     resample_to_fixed(v, fixed, transform, interpolation="linear")
-                    for v in iter_series_volumes(series)
+                    for v in series.volumes()
                 )
                 outputs["image"] = write_series(
                     volumes,
                     folder / step_image_name(role),
-                    time_origin=series.GetOrigin()[3],
-                    time_spacing=series.GetSpacing()[3],
+                    time_origin=series.time_origin,
+                    time_spacing=series.time_spacing,
                 )
             else:
                 registered = resample_to_fixed(series, fixed, transform)

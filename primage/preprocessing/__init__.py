@@ -11,9 +11,11 @@ from primage.preprocessing.steps import (
     PreprocessingResult,
     SeriesResult,
     describe_steps,
+    iter_steps_volumes,
     run_steps,
     run_steps_series,
     run_steps_volumes,
+    series_records,
     validate_steps,
 )
 
@@ -22,10 +24,12 @@ __all__ = [
     "PreprocessingResult",
     "SeriesResult",
     "describe_steps",
+    "iter_steps_volumes",
     "list_presets",
     "load_preset",
     "run_steps",
     "run_steps_series",
     "run_steps_volumes",
+    "series_records",
     "validate_steps",
 ]

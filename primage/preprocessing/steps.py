@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import SimpleITK as sitk
 
 from primage.errors import PrimageInputError
-from primage.io import count_nonfinite, mask_on_image_grid, series_to_volumes
+from primage.io import count_nonfinite, mask_on_image_grid, series_volume
 from primage.preprocessing import filters
 from primage.progress import ProgressCallback, sub_progress
 
@@ -481,6 +481,46 @@ class SeriesResult:
         )
 
 
+def iter_steps_volumes(
+    series: sitk.Image,
+    steps: Sequence[Mapping[str, Any]],
+    *,
+    mask: sitk.Image | None = None,
+    reference: sitk.Image | None = None,
+    progress: ProgressCallback | None = None,
+) -> Iterator[PreprocessingResult]:
+    """:func:`run_steps` of every 3D volume of a 4D series in turn, each independently with
+    the same settings, one volume at a time (write them with
+    :func:`primage.io.write_series` as they come: neither the series' volumes nor its
+    results are ever all in memory); :func:`series_records` sums their records."""
+    validate_steps(steps)
+    if series.GetDimension() != 4:
+        raise PrimageInputError(f"expected a 4D series, got a {series.GetDimension()}D image")
+    count = series.GetSize()[3]
+    if mask is not None:  # resample (and warn) once, not once per volume
+        mask = mask_on_image_grid(mask, series_volume(series, 0))
+    for index in range(count):
+        part = sub_progress(progress, index / count, (index + 1) / count)
+        label = f"volume {index + 1}/{count}"
+        yield run_steps(
+            series_volume(series, index),
+            steps,
+            mask=mask,
+            reference=reference,
+            progress=lambda f, m, p=part, label=label: p(f, f"{label}: {m}"),
+        )
+
+
+def series_records(results: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """The records of a series' volumes (one list per volume, in order) as one: the first
+    volume's, with ``seconds`` summed over all volumes and ``volumes`` added."""
+    records = [dict(record) for record in results[0]]
+    for position, record in enumerate(records):
+        record["seconds"] = round(sum(r[position]["seconds"] for r in results), 4)
+        record["volumes"] = len(results)
+    return records
+
+
 def run_steps_volumes(
     series: sitk.Image,
     steps: Sequence[Mapping[str, Any]],
@@ -492,33 +532,16 @@ def run_steps_volumes(
     """Apply ``steps`` to every 3D volume of a 4D series (b-values, time frames), each
     independently with the same settings; the volumes stay apart (write them with
     :func:`primage.io.write_series` without joining a copy of the whole series)."""
-    validate_steps(steps)
-    if series.GetDimension() != 4:
-        raise PrimageInputError(f"expected a 4D series, got a {series.GetDimension()}D image")
-    volumes = series_to_volumes(series)
-    if mask is not None:  # resample (and warn) once, not once per volume
-        mask = mask_on_image_grid(mask, volumes[0])
-    results = []
-    for index in range(len(volumes)):
-        part = sub_progress(progress, index / len(volumes), (index + 1) / len(volumes))
-        label = f"volume {index + 1}/{len(volumes)}"
-        results.append(
-            run_steps(
-                volumes[index],
-                steps,
-                mask=mask,
-                reference=reference,
-                progress=lambda f, m, p=part, label=label: p(f, f"{label}: {m}"),
-            )
-        )
-        volumes[index] = None  # the input volume is no longer needed
-    records = [dict(record) for record in results[0].records]
-    for position, record in enumerate(records):
-        record["seconds"] = round(sum(r.records[position]["seconds"] for r in results), 4)
-        record["volumes"] = len(results)
+    results = list(
+        iter_steps_volumes(series, steps, mask=mask, reference=reference, progress=progress)
+    )
     bias = [r.bias_field for r in results] if results[0].bias_field is not None else None
     return SeriesResult(
-        [r.image for r in results], bias, records, series.GetOrigin()[3], series.GetSpacing()[3]
+        [r.image for r in results],
+        bias,
+        series_records([r.records for r in results]),
+        series.GetOrigin()[3],
+        series.GetSpacing()[3],
     )
 
 

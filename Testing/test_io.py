@@ -14,6 +14,7 @@ from _primage_images import image_from_array, oblique_direction, write_zero_spac
 from primage.errors import PrimageInputError
 from primage.io import (
     GeometryWarning,
+    SeriesFile,
     check_outputs_not_inputs,
     count_nonfinite,
     image_stem,
@@ -26,6 +27,7 @@ from primage.io import (
     replace_nonfinite,
     same_geometry,
     series_to_volumes,
+    series_volume,
     volumes_to_series,
     write_image,
     write_json,
@@ -306,10 +308,20 @@ def test_series_box_grid_and_frame_means_equal_the_whole_series(tmp_path, suffix
     grid = read_volume_grid(path)
     assert same_geometry(grid, series_to_volumes(whole)[0], tolerance=1e-9)
     assert grid.GetPixelID() == sitk.sitkUInt8  # a grid only: the header, no voxels read
-    means = read_frame_means(path, slab=2)  # slabs of 2 of the 5 slices: a partial last one
+    means = read_frame_means(path)
     np.testing.assert_allclose(
         means, sitk.GetArrayViewFromImage(whole).mean(axis=(1, 2, 3), dtype=float), rtol=1e-12
     )
+    series = SeriesFile(path)  # volume by volume: streamed from .nii, cut from .nii.gz
+    assert (series.count, series.time_origin, series.time_spacing) == (5, 1.0, 2.0)
+    for index, volume in enumerate(series.volumes()):
+        expected = series_volume(whole, index)
+        assert np.array_equal(
+            sitk.GetArrayViewFromImage(volume), sitk.GetArrayViewFromImage(expected)
+        )
+        assert same_geometry(volume, expected, tolerance=0.0)
+    with pytest.raises(IndexError):
+        series.volume(5)
 
 
 def test_series_readers_refuse_a_missing_file_and_a_volume(tmp_path):

@@ -190,21 +190,15 @@ class SeriesFile:
             yield self.volume(index)
 
 
-def read_frame_means(path: str | os.PathLike, *, role: str = "series", slab: int = 4) -> np.ndarray:
-    """Mean over all voxels of each volume of a 4D series file (float64); an uncompressed
-    NIfTI is streamed slab by slab of ``slab`` slices, never whole in memory."""
-    reader = _header(path, 4, role)
-    nx, ny, nz, frames = (int(n) for n in reader.GetSize())
-    if image_suffix(path) != ".nii":  # compressed or not known to stream: read once
-        series = read_image(path, dimension=4, role=role)  # referenced: the view needs it
-        whole = sitk.GetArrayViewFromImage(series)
-        return whole.sum(axis=(1, 2, 3), dtype=float) / (nx * ny * nz)
-    total = np.zeros(frames)
-    for first in range(0, nz, slab):
-        count = min(slab, nz - first)
-        part = read_series_box(path, (0, 0, first), (nx, ny, count), role=role)
-        total += sitk.GetArrayViewFromImage(part).sum(axis=(1, 2, 3), dtype=float)
-    return total / (nx * ny * nz)
+def read_frame_means(path: str | os.PathLike, *, role: str = "series") -> np.ndarray:
+    """Mean over all voxels of each volume of a 4D series file (float64), read volume by
+    volume (:class:`SeriesFile`: an uncompressed NIfTI is never whole in memory)."""
+    series = SeriesFile(path, role=role)
+    means = np.empty(series.count)
+    for index in range(series.count):
+        volume = series.volume(index)  # referenced: the view does not keep it alive
+        means[index] = sitk.GetArrayViewFromImage(volume).mean(dtype=np.float64)
+    return means
 
 
 def _match_dimension(image: sitk.Image, dimension: int, role: str, path: Path) -> sitk.Image:

@@ -443,8 +443,6 @@ def validate_config(data: Any, *, base: str | os.PathLike | None = None) -> dict
 
 def _validate_export(export: dict[str, Any], base: Path | None) -> None:
     """The ``export`` section: DICOM source folder and inventory exist when export is on."""
-    from primage.dicom.export import MAPS
-
     _bool(export["dicom"], "export.dicom")
     _bool(export["deflate"], "export.deflate")
     for key in ("dicom_source", "inventory"):
@@ -454,6 +452,8 @@ def _validate_export(export: dict[str, Any], base: Path | None) -> None:
             export[key] = _resolve_file(export[key], base)
     maps = export["maps"]
     if maps != "all":
+        from primage.dicom.export import MAPS  # pydicom + highdicom: only when needed
+
         if not isinstance(maps, list) or not all(isinstance(m, str) for m in maps):
             raise PrimageInputError(
                 f"{_where('export.maps')} must be all or a list of map names, got {maps!r}"

@@ -24,7 +24,13 @@ from primage.registration import (
     stages_from_names,
     validate_settings,
 )
-from primage.registration.core import compose, flatten_transform, read_transform, write_transform
+from primage.registration.core import (
+    compose,
+    flatten_transform,
+    read_transform,
+    smooth_and_shrink,
+    write_transform,
+)
 from primage.registration.truth import (
     grid_image,
     known_affine,
@@ -424,3 +430,28 @@ def test_geometry_start_equals_itks_initialiser(pair):
     )
     np.testing.assert_allclose(centre, itk.GetCenter(), atol=1e-6)
     np.testing.assert_allclose(translation, itk.GetTranslation(), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("sigma", "factors"), [(2.0, (4, 4, 4)), (2.0, (4, 4, 2)), (1.0, (2, 2, 1)), (0.5, (1, 3, 2))]
+)
+def test_pyramid_smoothing_axis_by_axis_equals_smoothing_then_shrinking(pair, sigma, factors):
+    rng = np.random.default_rng(3)
+    image = sitk.GetImageFromArray((rng.normal(size=(23, 37, 41)) * 300).astype(np.float32))
+    image.SetSpacing((0.8, 0.9, 2.5))
+    image.SetOrigin((-12.0, 30.5, 7.25))
+    image.SetDirection(sitk.Euler3DTransform((0, 0, 0), 0.2, -0.1, 0.3).GetMatrix())
+    # The pair's moving image: a grid where shrinking axis by axis would keep other voxels
+    # than ITK's one-go shrink (its centred start index rounds the other way).
+    for source in (image, pair[1]):
+        expected = sitk.Shrink(
+            sitk.SmoothingRecursiveGaussian(source, [sigma * s for s in source.GetSpacing()]),
+            factors,
+        )
+        ours = smooth_and_shrink(source, sigma, factors)
+        assert np.array_equal(
+            sitk.GetArrayViewFromImage(ours), sitk.GetArrayViewFromImage(expected)
+        )
+        assert ours.GetOrigin() == expected.GetOrigin()
+        assert ours.GetSpacing() == expected.GetSpacing()
+        assert ours.GetDirection() == expected.GetDirection()

@@ -151,3 +151,29 @@ def test_monoexponential_projection_finds_the_general_solvers_minimum():
         standard_errors(covariance)[tissue], standard_errors(general.covariance)[tissue], rtol=0.02
     )
     assert np.all(d_fit[n - 1000 : n - 500] == 0.0)  # a rising signal: held at the lower bound
+
+
+def test_fit_threads_keeps_the_chunked_fits_in_the_calling_thread():
+    import threading
+
+    import SimpleITK as sitk
+
+    from primage.io import volumes_to_series
+    from primage.kinetics.series import default_workers, fit_threads, load_series, map_chunks
+
+    rng = np.random.default_rng(0)
+    frames = [sitk.GetImageFromArray(rng.uniform(1, 2, (10, 40, 40))) for _ in range(3)]
+    voxels = load_series(volumes_to_series(frames))  # 16,000 voxels: several chunks
+
+    def threads_used(**limit) -> set[int]:
+        def work(start, stop):
+            return threading.get_ident()
+
+        return {ident for _, _, ident in map_chunks(voxels, work, size=2000, **limit)}
+
+    if default_workers() > 1:  # without a limit the chunks go to a pool of threads
+        assert threading.get_ident() not in threads_used()
+    with fit_threads(1):
+        assert default_workers() == 1
+        assert threads_used() == {threading.get_ident()}
+    assert default_workers() >= 1

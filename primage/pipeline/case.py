@@ -133,6 +133,7 @@ def run_case(
         FileHashes(folder / HASH_STORE),
         current=dict(case.series),
         mask=case.masks.get("reference"),
+        threads=max(int(threads), 1),
     )
     outcomes: dict[str, StepOutcome] = {}
     records: list[dict[str, Any]] = []

@@ -71,6 +71,7 @@ class CaseContext:
     figures: dict[str, Path] = field(default_factory=dict)
     dicom: dict[str, Any] = field(default_factory=dict)  # the dicom step's objects
     notes: list[str] = field(default_factory=list)
+    threads: int = 1  # the case's threads (ITK's, and the kinetics fits')
 
     @property
     def reference(self) -> str:
@@ -878,9 +879,12 @@ def step_kinetics(ctx: CaseContext, progress) -> StepOutcome:
         raise PrimageInputError(
             "kinetics needs a tumour mask: run the segment step or give tumour.nii.gz"
         )
+    from primage.kinetics.series import fit_threads
+
     units, notes = _kinetics_units(ctx)
     outcome = StepOutcome(notes=notes)
-    _run(ctx, "kinetics", units, outcome, progress)
+    with fit_threads(ctx.threads):
+        _run(ctx, "kinetics", units, outcome, progress)
     for unit in outcome.units:
         ctx.kinetics[unit.name] = unit.outputs["summary"]
         for path in unit.outputs.values():

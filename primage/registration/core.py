@@ -337,9 +337,7 @@ class Pyramid:
         return self._levels[key]
 
 
-def smooth_and_shrink(
-    image: sitk.Image, sigma_voxels: float, factors: Sequence[int]
-) -> sitk.Image:
+def smooth_and_shrink(image: sitk.Image, sigma_voxels: float, factors: Sequence[int]) -> sitk.Image:
     """``Shrink(SmoothingRecursiveGaussian(image, sigma_voxels x spacing), factors)``, the
     same voxels bit for bit, for a fraction of the work: the Gaussian is one recursive
     filter per axis, and an axis can be thinned out as soon as it is filtered (the

@@ -137,13 +137,24 @@ def read_series_box(
     60-frame DCE box in milliseconds instead of seconds), and reads other files whole."""
     reader = _header(path, 4, role)
     frames = int(reader.GetSize()[3])
-    reader.SetExtractIndex([*[int(v) for v in low], 0])
-    reader.SetExtractSize([*[int(v) for v in size], frames])
+    index = [*[int(v) for v in low], 0]
+    return _read_extract(reader, index, [*[int(v) for v in size], frames], role)
+
+
+def _read_extract(
+    reader: sitk.ImageFileReader, index: list[int], size: list[int], role: str
+) -> sitk.Image:
+    """The ``index``/``size`` region of a reader from :func:`_header` (ITK streams it where
+    the format allows; a 0 in ``size`` collapses that axis)."""
+    reader.SetExtractIndex(index)
+    reader.SetExtractSize(size)
     try:
         return reader.Execute()
     except RuntimeError as error:
         last = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-        raise PrimageInputError(f"{role} {path} could not be read ({last[:160]})") from None
+        raise PrimageInputError(
+            f"{role} {reader.GetFileName()} could not be read ({last[:160]})"
+        ) from None
 
 
 class SeriesFile:
@@ -157,12 +168,11 @@ class SeriesFile:
     """
 
     def __init__(self, path: str | os.PathLike, *, role: str = "series") -> None:
-        self.path, self.role = Path(path), role
-        reader = _header(path, 4, role)
-        self.count = int(reader.GetSize()[3])
-        self.time_origin = float(reader.GetOrigin()[3])
-        self.time_spacing = float(reader.GetSpacing()[3])
-        self._size = [int(n) for n in reader.GetSize()[:3]]
+        self._role = role
+        self._reader = _header(path, 4, role)  # its header read once, for every volume
+        self.count = int(self._reader.GetSize()[3])
+        self.time_origin = float(self._reader.GetOrigin()[3])
+        self.time_spacing = float(self._reader.GetSpacing()[3])
         self._whole = (
             None if image_suffix(path) == ".nii" else read_image(path, dimension=4, role=role)
         )
@@ -173,16 +183,8 @@ class SeriesFile:
             raise IndexError(f"volume {index} of {self.count}")
         if self._whole is not None:
             return series_volume(self._whole, index)
-        reader = _header(self.path, 4, self.role)
-        reader.SetExtractIndex([0, 0, 0, int(index)])
-        reader.SetExtractSize([*self._size, 0])  # 0: the time axis collapses
-        try:
-            return reader.Execute()
-        except RuntimeError as error:
-            last = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-            raise PrimageInputError(
-                f"{self.role} {self.path} could not be read ({last[:160]})"
-            ) from None
+        size = [int(n) for n in self._reader.GetSize()[:3]]
+        return _read_extract(self._reader, [0, 0, 0, int(index)], [*size, 0], self._role)
 
     def volumes(self) -> Iterator[sitk.Image]:
         """Every volume in order, one at a time."""
@@ -258,17 +260,11 @@ def series_volume(series: sitk.Image, index: int) -> sitk.Image:
     )
 
 
-def iter_series_volumes(series: sitk.Image) -> Iterator[sitk.Image]:
-    """The 3D volumes of a 4D series one at a time (only one extra volume in memory)."""
-    if series.GetDimension() != 4:
-        raise PrimageInputError(f"expected a 4D series, got a {series.GetDimension()}D image")
-    for index in range(series.GetSize()[3]):
-        yield series_volume(series, index)
-
-
 def series_to_volumes(series: sitk.Image) -> list[sitk.Image]:
     """Split a 4D image into its 3D volumes, keeping the spatial geometry (3x3 part)."""
-    return list(iter_series_volumes(series))
+    if series.GetDimension() != 4:
+        raise PrimageInputError(f"expected a 4D series, got a {series.GetDimension()}D image")
+    return [series_volume(series, index) for index in range(series.GetSize()[3])]
 
 
 def volumes_to_series(volumes: Sequence[sitk.Image], *, time_spacing: float = 1.0) -> sitk.Image:
@@ -530,11 +526,10 @@ def write_series(
                         f"frame {count} of {path.name} is on another grid or of another "
                         "pixel type than frame 0"
                     )
+                if count == 32767:  # dim[4] is a 16-bit integer
+                    raise PrimageInputError(f"{path.name}: NIfTI-1 holds at most 32767 frames")
                 stream.write(np.ascontiguousarray(sitk.GetArrayViewFromImage(volume)).data)
                 count += 1
-                del volume
-            if count > 32767:
-                raise PrimageInputError(f"{path.name}: NIfTI-1 holds at most 32767 frames")
             stream.seek(40 + 2 * 4)  # dim[4]: the number of frames
             stream.write(struct.pack(order + "h", count))
         os.chmod(temporary, _file_mode())

@@ -39,52 +39,43 @@ class FileHashes:
     """
 
     def __init__(self, store: str | Path | None = None) -> None:
-        self._cache: dict[tuple[str, int, int], str] = {}
         self._store = Path(store) if store is not None else None
         self._changed = False
-        self._paths: dict[str, str] = {}  # path -> its key in the store
-        self._stored: dict[str, tuple[int, int, str]] = {}
+        # Digest of the path -> (size, mtime in ns, SHA-256): the store's entries and every
+        # file hashed since.
+        self._entries: dict[str, tuple[int, int, str]] = {}
         if self._store is not None:
             try:
                 entries = json.loads(self._store.read_text(encoding="utf-8"))
-                self._stored = {
+                self._entries = {
                     str(name): (int(size), int(mtime), str(digest))
                     for name, (size, mtime, digest) in entries.items()
                 }
             except (OSError, ValueError, TypeError, AttributeError):
-                self._stored = {}  # no store yet, or a damaged one: hash again
-
-    @staticmethod
-    def _name(path: str) -> str:
-        # The store names files by a digest of their path: folder names can identify a
-        # patient, and outputs must not.
-        return hashlib.sha256(path.encode("utf-8")).hexdigest()[:32]
+                self._entries = {}  # no store yet, or a damaged one: hash again
 
     def __call__(self, path: str | Path) -> str:
         path = Path(path)
         stat = path.stat()
-        resolved = str(path.resolve())
-        key = (resolved, stat.st_size, stat.st_mtime_ns)
-        if key not in self._cache:
-            name = self._paths.setdefault(resolved, self._name(resolved))
-            stored = self._stored.get(name)
-            if stored is not None and stored[:2] == key[1:]:
-                self._cache[key] = stored[2]
-            else:
-                digest = hashlib.sha256()
-                with path.open("rb") as stream:
-                    for block in iter(lambda: stream.read(1 << 20), b""):
-                        digest.update(block)
-                self._cache[key] = digest.hexdigest()
-                self._stored[name] = (*key[1:], self._cache[key])
-                self._changed = True
-        return self._cache[key]
+        # Files are named by a digest of their path: folder names can identify a patient,
+        # and outputs must not.
+        name = hashlib.sha256(str(path.resolve()).encode("utf-8")).hexdigest()[:32]
+        entry = self._entries.get(name)
+        if entry is not None and entry[:2] == (stat.st_size, stat.st_mtime_ns):
+            return entry[2]
+        digest = hashlib.sha256()
+        with path.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        self._entries[name] = (stat.st_size, stat.st_mtime_ns, digest.hexdigest())
+        self._changed = True
+        return self._entries[name][2]
 
     def save(self) -> None:
         """Write the store (atomically) if a file was hashed since it was read."""
         if self._store is None or not self._changed:
             return
-        write_json({name: list(entry) for name, entry in self._stored.items()}, self._store)
+        write_json({name: list(entry) for name, entry in self._entries.items()}, self._store)
         self._changed = False
 
 
